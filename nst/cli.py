@@ -1,0 +1,220 @@
+"""`nst` command line: stylize, backbones, evaluate (and `grid`/... when the flows are installed).
+
+Errors caused by input print one line (``nst: error: ...``) and exit with 2;
+nothing is written unless the run finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import NSTError
+
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+#: Modules that may add subcommands (they import Prefect/MLflow, so they live outside nst/).
+PLUGINS = ("flows.cli",)
+
+
+def _add_stylize(sub) -> None:
+    p = sub.add_parser(
+        "stylize",
+        help="optimisation-based style transfer of one image",
+        description="Stylise a content image with one or several style images (Gatys et al.).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--content", required=True, help="content image file")
+    p.add_argument("--style", action="append", required=True, help="style image file (repeat for several)")
+    p.add_argument("--style-weights", nargs="+", type=float, help="blend weights, one per --style")
+    p.add_argument("--multi-style", choices=("blend", "sequential"), default="blend",
+                   help="several styles: one weighted loss, or style A then B on A's output")
+    p.add_argument("--out", required=True, help="output image (PNG)")
+    p.add_argument("--backbone", default="vgg19", help="feature network (see `nst backbones`)")
+    p.add_argument("--weights", help="backbone weights file, or 'random' (timing studies only)")
+    p.add_argument("--pooling", choices=("max", "avg"), default="avg")
+    p.add_argument("--size", type=int, default=512, help="longest side of the output in pixels")
+    p.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to the output")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    p.add_argument("--lr", type=float, help="learning rate (default 1 for L-BFGS, 0.02 for Adam)")
+    p.add_argument("--content-weight", type=float, default=1.0)
+    p.add_argument("--style-weight", type=float, default=20.0)
+    p.add_argument("--tv-weight", type=float, default=0.0)
+    p.add_argument("--content-layers", nargs="+", help="default: the backbone's (relu4_2 for VGG)")
+    p.add_argument("--style-layers", nargs="+", help="default: the backbone's (relu1_1 .. relu5_1 for VGG)")
+    p.add_argument("--init", default="content", help="content, noise, or an image file")
+    p.add_argument("--preserve-color", choices=("luminance", "histogram"), help="keep the content's colours")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--save-every", type=int, default=0, help="also save the image every N steps next to --out")
+    p.add_argument("--evaluate", action="store_true", help="print the fixed evaluator's scores of the result")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_stylize)
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .config import make_config
+    from .evaluate import evaluate
+    from .images import load_image, save_image
+    from .optimize import stylize, style_size
+
+    out = Path(args.out)
+    if out.exists() and out.is_dir():
+        raise NSTError(f"--out {out}: is a directory")
+    config = make_config(
+        backbone=args.backbone,
+        weights=args.weights,
+        pooling=args.pooling,
+        size=args.size,
+        style_scale=args.style_scale,
+        steps=args.steps,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        content_weight=args.content_weight,
+        style_weight=args.style_weight,
+        tv_weight=args.tv_weight,
+        content_layers=args.content_layers,
+        style_layers=args.style_layers,
+        style_weights=args.style_weights,
+        multi_style=args.multi_style,
+        init=args.init,
+        preserve_color=args.preserve_color,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+    )
+    # Load everything first: a bad file fails before any optimisation starts.
+    content = load_image(args.content, size=config.size)
+    styles = [load_image(s, size=style_size(content, config.style_scale)) for s in args.style]
+    if config.init not in ("content", "noise"):
+        load_image(config.init)
+    steps_total = config.steps * (len(styles) if config.multi_style == "sequential" else 1)
+    bar = tqdm(total=steps_total, desc="stylize", unit="step", disable=args.quiet, dynamic_ncols=True)
+
+    def on_step(info) -> None:
+        bar.update(info.step - bar.n)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in info.losses.items() if k in ("content", "style", "total")})
+        if info.image is not None and args.save_every and info.step != steps_total:
+            save_image(info.image, out.with_name(f"{out.stem}_step{info.step:05d}.png"))
+
+    try:
+        result = stylize(content, styles, config, callback=on_step, image_every=args.save_every)
+    finally:
+        bar.close()
+    save_image(result.image, out)
+    t = result.timings
+    print(
+        f"saved {out} ({result.image.shape[-1]}x{result.image.shape[-2]}) in {t['total_s']:.1f}s, "
+        f"{t['s_per_step']:.3f} s/step on {result.info['device']} ({result.info['precision']})"
+    )
+    if args.evaluate:
+        scores = evaluate(result.image, content, styles, config.style_weights)
+        print(json.dumps({k: v for k, v in scores.to_dict().items()}, indent=None))
+    return 0
+
+
+def _add_backbones(sub) -> None:
+    p = sub.add_parser("backbones", help="list backbones, their layers and where their weights come from")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_backbones)
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from . import backbones
+
+    rows = []
+    for name, s in backbones.REGISTRY.items():
+        layers = _layer_names(name)
+        rows.append(
+            {
+                "name": name,
+                "description": s.description,
+                "weights": backbones.weights_status(name),
+                "content_layers": list(s.content_layers),
+                "style_layers": list(s.style_layers),
+                "layers": layers,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        print(f"{r['name']}: {r['description']}")
+        print(f"  weights: {r['weights']}")
+        print(f"  default content layers: {', '.join(r['content_layers'])}; style layers: {', '.join(r['style_layers'])}")
+        print(f"  layers: {' '.join(r['layers'])}")
+    return 0
+
+
+def _layer_names(name: str) -> list[str]:
+    """Layer names without loading weights (an untrained instance has the same names)."""
+    from . import backbones
+
+    layers, _ = backbones.spec(name).build("max", backbones.RANDOM)
+    return [n for n in layers if n != "input"]
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score an output with the fixed evaluator")
+    p.add_argument("--output", required=True, help="stylised image")
+    p.add_argument("--content", required=True)
+    p.add_argument("--style", action="append", required=True)
+    p.add_argument("--style-weights", nargs="+", type=float)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .images import load_image
+
+    scores = evaluate(
+        load_image(args.output), load_image(args.content), [load_image(s) for s in args.style], args.style_weights
+    )
+    print(json.dumps(scores.to_dict()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nst", description="nst-lab: neural style transfer experiments")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_stylize(sub)
+    _add_backbones(sub)
+    _add_evaluate(sub)
+    for mod in PLUGINS:
+        try:
+            plugin = importlib.import_module(mod)
+        except ImportError as exc:
+            if exc.name and exc.name.split(".")[0] in ("flows", "tasks", "prefect", "mlflow"):
+                continue  # core-only install: grid commands are simply absent
+            raise
+        plugin.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NSTError as exc:
+        print(f"nst: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("nst: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Typed configuration shared by the CLI, experiments.yaml and the tasks.
+
+One pydantic model, `StyleConfig`, holds every engine option with its default.
+Unknown keys and invalid values are rejected with the field name in the
+message, so a grid cell or a CLI call fails before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+Optimizer = Literal["lbfgs", "adam"]
+Pooling = Literal["max", "avg"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PreserveColor = Optional[Literal["luminance", "histogram"]]
+MultiStyle = Literal["blend", "sequential"]
+
+
+class StyleConfig(BaseModel):
+    """Every setting of one optimisation-based style transfer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backbone: str = "vgg19"
+    weights: Optional[str] = Field(
+        None, description="backbone weights: None = the backbone's default source, 'random', or a file path"
+    )
+    pooling: Pooling = "avg"
+    size: int = Field(512, gt=0, le=8192, description="longest side of the output, pixels")
+    style_scale: float = Field(1.0, gt=0, le=8, description="style image size relative to the output's")
+    steps: int = Field(500, ge=0, le=100_000, description="optimisation steps (per style when sequential)")
+    optimizer: Optimizer = "lbfgs"
+    lr: Optional[float] = Field(None, gt=0, description="learning rate (default: 1.0 for L-BFGS, 0.02 for Adam)")
+    lbfgs_history: int = Field(100, gt=0)
+    content_weight: float = Field(1.0, ge=0)
+    style_weight: float = Field(20.0, ge=0)
+    tv_weight: float = Field(0.0, ge=0)
+    content_layers: Optional[tuple[str, ...]] = None
+    style_layers: Optional[tuple[str, ...]] = None
+    content_layer_weights: Optional[tuple[float, ...]] = None
+    style_layer_weights: Optional[tuple[float, ...]] = None
+    style_weights: Optional[tuple[float, ...]] = Field(
+        None, description="blend weights of several styles (normalised to sum 1)"
+    )
+    multi_style: MultiStyle = "blend"
+    init: str = Field("content", description="content, noise, or an image file path")
+    preserve_color: PreserveColor = None
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = "auto"
+
+    @field_validator("content_layer_weights", "style_layer_weights", "style_weights")
+    @classmethod
+    def _non_negative(cls, v):
+        if v is not None:
+            if any(w < 0 for w in v):
+                raise ValueError("weights must be >= 0")
+            if sum(v) <= 0:
+                raise ValueError("weights must not all be zero")
+        return v
+
+    @field_validator("content_layers", "style_layers")
+    @classmethod
+    def _non_empty(cls, v):
+        if v is not None and len(v) == 0:
+            raise ValueError("layer list must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        for layers, weights, what in (
+            (self.content_layers, self.content_layer_weights, "content"),
+            (self.style_layers, self.style_layer_weights, "style"),
+        ):
+            if weights is not None and layers is not None and len(weights) != len(layers):
+                raise ValueError(f"{len(weights)} {what}_layer_weights for {len(layers)} {what}_layers")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1.0 if self.optimizer == "lbfgs" else 0.02
+
+    def replace(self, **changes) -> "StyleConfig":
+        return make_config(**{**self.model_dump(), **changes})
+
+
+def make_config(**values) -> StyleConfig:
+    """Build a `StyleConfig`, turning validation errors into one-line `ConfigError`s."""
+    try:
+        return StyleConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """'field.sub: message' for the first error (one line), with a count of the others."""
+    errs = exc.errors()
+    first = errs[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{where}: {msg}{extra}" if where else f"{msg}{extra}"

@@ -1,0 +1,109 @@
+"""Run a backbone once per image and collect the named layers every loss needs.
+
+The extractor stops at the deepest requested layer (no wasted conv work), runs
+in channels_last memory format, and optionally under autocast (bf16/fp16):
+the losses convert features back to fp32 before Gram matrices and distances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Iterable
+
+import torch
+
+from .backbones import Backbone
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast_context(device: torch.device, precision: str):
+    """Autocast for the forward pass, or a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class FeatureExtractor:
+    """Callable: image ``[N, 3, H, W]`` in [0, 1] -> ``{layer: features}`` for the requested layers."""
+
+    def __init__(self, backbone: Backbone, layers: Iterable[str], precision: str = "fp32") -> None:
+        wanted = list(dict.fromkeys(layers))
+        if not wanted:
+            raise ValueError("no layers requested")
+        backbone.check_layers(wanted)
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{precision}' (use {', '.join(PRECISIONS)})")
+        order = list(backbone.layers.keys())
+        deepest = max(order.index(n) for n in wanted)
+        self.backbone = backbone
+        self.layers = tuple(wanted)
+        self.stages = [(n, backbone.layers[n]) for n in order[: deepest + 1]]
+        self.precision = precision
+        self.device = next(backbone.parameters()).device
+
+    def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        wanted = set(self.layers)
+        out: dict[str, torch.Tensor] = {}
+        x = image.to(self.device, memory_format=torch.channels_last)
+        with autocast_context(self.device, self.precision):
+            for name, module in self.stages:
+                x = module(x)
+                if name in wanted:
+                    out[name] = x
+        return out
+
+    def key(self) -> tuple:
+        """Identity of what this extractor computes, for caching targets."""
+        bb = self.backbone
+        return (bb.name, bb.pooling, bb.weights_source, str(self.device), self.precision)
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """Content hash of a tensor (shape + bytes), to key cached targets by image content."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(tuple(t.shape)).encode())
+    h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+class TargetCache:
+    """An LRU of per-image targets (features or Gram matrices) keyed by
+    (extractor, layers, kind, image content).
+
+    Grid cells that share a style or content image at the same size and
+    backbone reuse the targets instead of recomputing them.
+    """
+
+    def __init__(self, max_items: int = 64) -> None:
+        self.max_items = max_items
+        self._items: "OrderedDict[tuple, dict[str, torch.Tensor]]" = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple, compute) -> dict[str, torch.Tensor]:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+        value = compute()
+        with self._lock:
+            self.misses += 1
+            self._items[key] = value
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+#: Process-wide cache used by `stylize` unless given another.
+DEFAULT_CACHE = TargetCache()

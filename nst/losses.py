@@ -1,0 +1,166 @@
+"""Losses shared by every method: content, Gram style (plain or masked), total variation.
+
+Distances are *relative*: a layer's error divided by the energy of its target.
+That makes them independent of image size, of the backbone's activation scale
+(Caffe VGG works on 0..255 inputs, torchvision nets on standardised ones) and
+of the layer, so one set of weights transfers across sizes and backbones, and
+the evaluator can use the very same functions.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+EPS = 1e-8
+
+
+def gram_matrix(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Gram matrix ``[N, C, C]`` of ``[N, C, H, W]`` features, in fp32, averaged over positions.
+
+    With a `mask` (``[1 or N, 1, H, W]``, values in [0, 1]) the features are
+    weighted by it and the average is over the mask's area (Gatys et al. 2017's
+    guided Gram matrix).
+    """
+    n, c, h, w = features.shape
+    f = features.float().reshape(n, c, h * w)
+    if mask is None:
+        return torch.bmm(f, f.transpose(1, 2)) / (h * w)
+    m = mask.float().reshape(mask.shape[0], 1, h * w)
+    fm = f * m
+    return torch.bmm(fm, fm.transpose(1, 2)) / m.sum(dim=2, keepdim=True).clamp_min(1.0)
+
+
+def relative_error(x: torch.Tensor, target: torch.Tensor, norm: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``mean((x - target)^2) / mean(target^2)``, computed in fp32."""
+    t = target.float()
+    if norm is None:
+        norm = t.pow(2).mean().clamp_min(EPS)
+    return (x.float() - t).pow(2).mean() / norm
+
+
+class ContentLoss(nn.Module):
+    """Relative feature MSE to a fixed content target (Gatys' content loss, normalised)."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        t = target.detach().float()
+        self.register_buffer("target", t)
+        self.register_buffer("norm", t.pow(2).mean().clamp_min(EPS))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return relative_error(features, self.target, self.norm)
+
+
+class StyleLoss(nn.Module):
+    """Relative Gram-matrix MSE to a target Gram (optionally a guided/masked one)."""
+
+    def __init__(self, target_gram: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        super().__init__()
+        g = target_gram.detach().float()
+        self.register_buffer("target", g)
+        self.register_buffer("norm", g.pow(2).mean().clamp_min(EPS))
+        self.register_buffer("mask", None if mask is None else mask.detach().float())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return relative_error(gram_matrix(features, self.mask), self.target, self.norm)
+
+
+class TVLoss(nn.Module):
+    """Total variation: mean squared difference of neighbouring pixels (smoothness prior)."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        dx = image[..., :, 1:] - image[..., :, :-1]
+        dy = image[..., 1:, :] - image[..., :-1, :]
+        return dx.float().pow(2).mean() + dy.float().pow(2).mean()
+
+
+def normalised_layer_weights(layers: Sequence[str], weights: Sequence[float] | None) -> dict[str, float]:
+    """Per-layer weights summing to 1 (equal by default), so a term's weight means the same
+    whatever the number of layers."""
+    if weights is None:
+        weights = [1.0] * len(layers)
+    if len(weights) != len(layers):
+        raise ValueError(f"{len(weights)} layer weights for {len(layers)} layers")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("layer weights must sum to a positive number")
+    return {layer: float(w) / total for layer, w in zip(layers, weights)}
+
+
+class PerceptualLoss(nn.Module):
+    """Weighted sum of content, style and TV terms over one feature pass.
+
+    `style_targets` is a list of ``(weight, {layer: gram})`` — several entries
+    make a weighted multi-style blend.  `extra` terms (e.g. a temporal or
+    photorealism loss) are callables ``image -> scalar`` with a weight.
+    """
+
+    def __init__(
+        self,
+        content_targets: Mapping[str, torch.Tensor] | None,
+        content_layer_weights: Mapping[str, float],
+        style_targets: Sequence[tuple[float, Mapping[str, torch.Tensor]]],
+        style_layer_weights: Mapping[str, float],
+        content_weight: float = 1.0,
+        style_weight: float = 1.0,
+        tv_weight: float = 0.0,
+        style_masks: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.content_weight = content_weight
+        self.style_weight = style_weight
+        self.tv_weight = tv_weight
+        self.content_layer_weights = dict(content_layer_weights)
+        self.style_layer_weights = dict(style_layer_weights)
+        self.content = nn.ModuleDict(
+            {k: ContentLoss(v) for k, v in (content_targets or {}).items()}
+        )
+        total_w = sum(w for w, _ in style_targets) or 1.0
+        self.style_blend = [w / total_w for w, _ in style_targets]
+        masks = list(style_masks) if style_masks is not None else [None] * len(style_targets)
+        self.style = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    layer: StyleLoss(gram, None if masks[i] is None else masks[i][layer])
+                    for layer, gram in grams.items()
+                }
+            )
+            for i, (_, grams) in enumerate(style_targets)
+        )
+        self.tv = TVLoss()
+        self.extra: list[tuple[str, float, nn.Module]] = []
+
+    @property
+    def layers(self) -> list[str]:
+        names = list(self.content.keys())
+        for s in self.style:
+            names += list(s.keys())
+        return list(dict.fromkeys(names))
+
+    def add_term(self, name: str, weight: float, term: nn.Module) -> None:
+        self.extra.append((name, weight, term))
+
+    def forward(
+        self, image: torch.Tensor, features: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms: dict[str, torch.Tensor] = {}
+        zero = image.new_zeros(())
+        content = zero
+        for layer, loss in self.content.items():
+            content = content + self.content_layer_weights[layer] * loss(features[layer])
+        style = zero
+        for blend, losses in zip(self.style_blend, self.style):
+            for layer, loss in losses.items():
+                style = style + blend * self.style_layer_weights[layer] * loss(features[layer])
+        tv = self.tv(image) if self.tv_weight else zero
+        total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
+        terms.update(content=content, style=style, tv=tv)
+        for name, weight, term in self.extra:
+            value = term(image)
+            terms[name] = value
+            total = total + weight * value
+        terms["total"] = total
+        return total, terms
