@@ -85,12 +85,19 @@ def stylize(
     image_every: int = 0,
     cache: TargetCache | None = None,
     extra_terms: Sequence[tuple[str, float, Callable]] | None = None,
+    style_masks: Sequence[torch.Tensor | None] | None = None,
 ) -> StyleResult:
     """Stylise `content` with one or several `styles` and return the image, loss history and timings.
 
     `content` and `styles` are file paths or ``[1, 3, H, W]`` tensors in [0, 1].
     The callback runs every `log_every` steps (and on the last); every
     `image_every` steps it also gets the current image.
+
+    `style_masks` (one per style, ``[1, 1, h, w]`` in [0, 1] at any resolution,
+    None = everywhere) restrict where each style's Gram matrix is measured on
+    the output: guided Gram matrices (Gatys et al. 2017), used by region methods.
+    `extra_terms` are ``(name, weight, module)`` added to the loss, each called
+    with the current image.
     """
     if isinstance(config, dict):
         config = make_config(**config)
@@ -99,6 +106,10 @@ def stylize(
         raise ConfigError("at least one style image is required")
     if config.style_weights is not None and len(config.style_weights) != len(styles):
         raise ConfigError(f"style_weights: {len(config.style_weights)} weights for {len(styles)} styles")
+    if style_masks is not None and len(style_masks) != len(styles):
+        raise ConfigError(f"style_masks: {len(style_masks)} masks for {len(styles)} styles")
+    if style_masks is not None and config.multi_style == "sequential" and len(styles) > 1:
+        raise ConfigError("style_masks need multi_style=blend (all styles in one optimisation)")
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -135,7 +146,10 @@ def stylize(
     for stage_idx, style_ids in enumerate(plan):
         t_targets = time.perf_counter()
         stage = _prepare_stage(current, [style_imgs[i] for i in style_ids], [blend[i] for i in style_ids], config)
-        loss_fn = _build_loss(stage, extractor, content_layers, style_layers, cw, sw, config, cache, device)
+        loss_fn = _build_loss(
+            stage, extractor, content_layers, style_layers, cw, sw, config, cache, device,
+            None if style_masks is None else [style_masks[i] for i in style_ids],
+        )
         for name, weight, term in extra_terms or []:
             loss_fn.add_term(name, weight, term)
         init = _initial_image(config, stage.content, generator, stage_idx)
@@ -197,7 +211,9 @@ def _prepare_stage(content: torch.Tensor, styles: list[torch.Tensor], blend: lis
     return _Stage(content, styles, blend)
 
 
-def _build_loss(stage, extractor, content_layers, style_layers, cw, sw, config, cache, device) -> PerceptualLoss:
+def _build_loss(
+    stage, extractor, content_layers, style_layers, cw, sw, config, cache, device, style_masks=None
+) -> PerceptualLoss:
     key = extractor.key()
     c = stage.content.to(device)
     content_targets = cache.get(
@@ -211,6 +227,13 @@ def _build_loss(stage, extractor, content_layers, style_layers, cw, sw, config, 
             lambda s=s: _style_grams(extractor, s.to(device), style_layers),
         )
         style_targets.append((weight, grams))
+    layer_masks = None
+    if style_masks is not None and any(m is not None for m in style_masks):
+        shapes = _layer_shapes(extractor, stage.content.to(device), style_layers)
+        layer_masks = [
+            None if m is None else {k: downsample_mask(m.to(device), shapes[k]) for k in style_layers}
+            for m in style_masks
+        ]
     return PerceptualLoss(
         content_targets,
         cw,
@@ -219,7 +242,26 @@ def _build_loss(stage, extractor, content_layers, style_layers, cw, sw, config, 
         content_weight=config.content_weight,
         style_weight=config.style_weight,
         tv_weight=config.tv_weight,
+        style_masks=layer_masks,
     ).to(device)
+
+
+@torch.no_grad()
+def _layer_shapes(extractor: FeatureExtractor, image: torch.Tensor, layers: list[str]) -> dict[str, tuple[int, int]]:
+    feats = extractor(image)
+    return {k: tuple(feats[k].shape[-2:]) for k in layers}
+
+
+def downsample_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """A ``[1, 1, H, W]`` mask averaged down (or resized) to a layer's resolution ``hw``."""
+    m = mask.float()
+    if m.dim() == 2:
+        m = m[None, None]
+    if tuple(m.shape[-2:]) == tuple(hw):
+        return m
+    mode = "area" if m.shape[-2] >= hw[0] and m.shape[-1] >= hw[1] else "bilinear"
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    return torch.nn.functional.interpolate(m, size=hw, mode=mode, **kwargs).clamp(0, 1)
 
 
 def _detach(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
