@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny real images (bundled), a small evaluator, deterministic torch."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import pytest
+import torch
+
+from nst.data import image
+from nst.images import load_image
+
+torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def content48() -> torch.Tensor:
+    return load_image(image("tubingen.jpg"), size=48)
+
+
+@pytest.fixture(scope="session")
+def starry48() -> torch.Tensor:
+    return load_image(image("starry_night.jpg"), size=48)
+
+
+@pytest.fixture(scope="session")
+def scream48() -> torch.Tensor:
+    return load_image(image("the_scream.jpg"), size=48)
+
+
+@pytest.fixture(scope="session")
+def small_evaluator():
+    from nst.evaluate import Evaluator
+
+    return Evaluator(resolution=96)
