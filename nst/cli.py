@@ -22,41 +22,57 @@ EXIT_INTERRUPTED = 130
 PLUGINS = ("flows.cli",)
 
 
+def _default(field: str):
+    """The engine's default for a StyleConfig field (the CLI never restates defaults)."""
+    from .config import StyleConfig
+
+    return StyleConfig.model_fields[field].default
+
+
 def _add_stylize(sub) -> None:
     p = sub.add_parser(
         "stylize",
         help="optimisation-based style transfer of one image",
         description="Stylise a content image with one or several style images (Gatys et al.).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    d = _default
     p.add_argument("--content", required=True, help="content image file")
     p.add_argument("--style", action="append", required=True, help="style image file (repeat for several)")
     p.add_argument("--style-weights", nargs="+", type=float, help="blend weights, one per --style")
-    p.add_argument("--multi-style", choices=("blend", "sequential"), default="blend",
-                   help="several styles: one weighted loss, or style A then B on A's output")
+    p.add_argument("--multi-style", choices=("blend", "sequential"),
+                   help=f"several styles: one weighted loss, or style A then B on A's output (default {d('multi_style')})")
     p.add_argument("--out", required=True, help="output image (PNG)")
-    p.add_argument("--backbone", default="vgg19", help="feature network (see `nst backbones`)")
+    p.add_argument("--backbone", help=f"feature network, see `nst backbones` (default {d('backbone')})")
     p.add_argument("--weights", help="backbone weights file, or 'random' (timing studies only)")
-    p.add_argument("--pooling", choices=("max", "avg"), default="avg")
-    p.add_argument("--size", type=int, default=512, help="longest side of the output in pixels")
-    p.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to the output")
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    p.add_argument("--pooling", choices=("max", "avg"), help=f"default {d('pooling')}")
+    p.add_argument("--size", type=int, help=f"longest side of the output in pixels (default {d('size')})")
+    p.add_argument("--style-scale", type=float, help=f"style image size relative to the output (default {d('style_scale')})")
+    p.add_argument("--steps", type=int, help=f"optimisation steps (default {d('steps')})")
+    p.add_argument("--optimizer", choices=("lbfgs", "adam"), help=f"default {d('optimizer')}")
     p.add_argument("--lr", type=float, help="learning rate (default 1 for L-BFGS, 0.02 for Adam)")
-    p.add_argument("--content-weight", type=float, default=1.0)
-    p.add_argument("--style-weight", type=float, default=20.0)
-    p.add_argument("--tv-weight", type=float, default=0.0)
+    p.add_argument("--content-weight", type=float, help=f"default {d('content_weight')}")
+    p.add_argument("--style-weight", type=float, help=f"default {d('style_weight')}")
+    p.add_argument("--tv-weight", type=float, help=f"default {d('tv_weight')}")
     p.add_argument("--content-layers", nargs="+", help="default: the backbone's (relu4_2 for VGG)")
     p.add_argument("--style-layers", nargs="+", help="default: the backbone's (relu1_1 .. relu5_1 for VGG)")
-    p.add_argument("--init", default="content", help="content, noise, or an image file")
+    p.add_argument("--init", help="content, noise, or an image file (default content)")
     p.add_argument("--preserve-color", choices=("luminance", "histogram"), help="keep the content's colours")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--seed", type=int, help=f"default {d('seed')}")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast for the network; auto = bf16 where the hardware has it, else fp32")
     p.add_argument("--save-every", type=int, default=0, help="also save the image every N steps next to --out")
     p.add_argument("--evaluate", action="store_true", help="print the fixed evaluator's scores of the result")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_stylize)
+
+
+#: CLI options that map one-to-one onto StyleConfig fields.
+CONFIG_OPTIONS = (
+    "backbone", "weights", "pooling", "size", "style_scale", "steps", "optimizer", "lr", "content_weight",
+    "style_weight", "tv_weight", "content_layers", "style_layers", "style_weights", "multi_style", "init",
+    "preserve_color", "seed", "device", "precision",
+)
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
@@ -70,28 +86,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise NSTError(f"--out {out}: is a directory")
-    config = make_config(
-        backbone=args.backbone,
-        weights=args.weights,
-        pooling=args.pooling,
-        size=args.size,
-        style_scale=args.style_scale,
-        steps=args.steps,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        content_weight=args.content_weight,
-        style_weight=args.style_weight,
-        tv_weight=args.tv_weight,
-        content_layers=args.content_layers,
-        style_layers=args.style_layers,
-        style_weights=args.style_weights,
-        multi_style=args.multi_style,
-        init=args.init,
-        preserve_color=args.preserve_color,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-    )
+    config = make_config(**{k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k, None) is not None})
     # Load everything first: a bad file fails before any optimisation starts.
     content = load_image(args.content, size=config.size)
     styles = [load_image(s, size=style_size(content, config.style_scale)) for s in args.style]
