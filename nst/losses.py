@@ -164,3 +164,18 @@ class PerceptualLoss(nn.Module):
             total = total + weight * value
         terms["total"] = total
         return total, terms
+
+
+class TemporalLoss(nn.Module):
+    """Ruder et al. (2016) short-term temporal loss: masked MSE to the previous stylised frame
+    warped into this one.  The mask (``[1, 1, H, W]`` in [0, 1]) is 0 where the flow is
+    unreliable (occlusions, motion boundaries), so disoccluded regions are free to change."""
+
+    def __init__(self, warped: torch.Tensor, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("warped", warped.detach().float())
+        self.register_buffer("mask", mask.detach().float())
+        self.register_buffer("area", (self.mask.sum() * warped.shape[1]).clamp_min(1.0))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (self.mask * (image.float() - self.warped).pow(2)).sum() / self.area

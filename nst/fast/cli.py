@@ -1,0 +1,261 @@
+"""`nst fast`, `nst train`, `nst video`: feed-forward inference, training (Prefect + MLflow), video.
+
+Heavy packages (prefect, mlflow, cv2, av) are imported inside the commands so
+`nst --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ConfigError, NSTError
+
+
+def add_commands(sub) -> None:
+    _add_fast(sub)
+    _add_train(sub)
+    _add_video(sub)
+
+
+def _style_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--style-index", type=int, help="which style of a multi-style model (default 0)")
+    p.add_argument("--blend", nargs="+", type=float, help="blend weights of a multi-style model's styles")
+    p.add_argument("--preserve-color", action="store_true", help="keep the content's colours (luminance transfer)")
+
+
+def _choice(args) -> int | list[float] | None:
+    if args.style_index is not None and args.blend:
+        raise ConfigError("give either --style-index or --blend, not both")
+    return args.blend if args.blend else args.style_index
+
+
+# --------------------------------------------------------------------------- fast
+
+
+def _add_fast(sub) -> None:
+    p = sub.add_parser("fast", help="stylise images with a trained feed-forward network",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="model file written by `nst train`")
+    p.add_argument("--content", help="content image")
+    p.add_argument("--out", help="output image (PNG)")
+    p.add_argument("--in-dir", help="stylise every image of this folder ...")
+    p.add_argument("--out-dir", help="... into this folder")
+    p.add_argument("--size", type=int, help="longest side of the output (default: the input's)")
+    _style_choice(p)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_fast)
+
+
+def cmd_fast(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from .infer import Stylizer, stylize_file, stylize_folder
+
+    single = args.content is not None or args.out is not None
+    batch = args.in_dir is not None or args.out_dir is not None
+    if single == batch:
+        raise ConfigError("give --content and --out, or --in-dir and --out-dir")
+    if single and not (args.content and args.out):
+        raise ConfigError("--content and --out go together")
+    if batch and not (args.in_dir and args.out_dir):
+        raise ConfigError("--in-dir and --out-dir go together")
+    stylizer = Stylizer(args.model, style=_choice(args), preserve_color=args.preserve_color,
+                        precision=args.precision, device=args.device)
+    t = time.perf_counter()
+    if single:
+        from ..images import load_image
+
+        load_image(args.content)  # a bad file fails before anything is written
+        out = stylize_file(stylizer, args.content, args.out, args.size)
+        print(f"saved {out} in {time.perf_counter() - t:.2f}s on {stylizer.device}")
+    else:
+        written = stylize_folder(stylizer, args.in_dir, args.out_dir, args.size, progress=lambda x: tqdm(x, desc="fast"))
+        print(f"saved {len(written)} images to {args.out_dir} in {time.perf_counter() - t:.2f}s on {stylizer.device}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train feed-forward style networks on COCO (Prefect flow, MLflow tracking)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--style", action="append", required=True, help="style image (repeat for several)")
+    p.add_argument("--multi", action="store_true",
+                   help="one network for all --style images (conditional instance norm); default: one network per style")
+    p.add_argument("--coco", help="COCO annotation JSON (e.g. annotations/instances_train2014.json)")
+    p.add_argument("--images", required=True, help="image folder (COCO's train2014/, or any folder without --coco)")
+    p.add_argument("--out-dir", default="models", help="where the model files go (<style>.pt)")
+    p.add_argument("--size", type=int, default=256, help="training crop size")
+    p.add_argument("--style-size", type=int, help="longest side of the style image (default: --size)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--content-weight", type=float, default=1.0)
+    p.add_argument("--style-weight", type=float, default=10.0)
+    p.add_argument("--tv-weight", type=float, default=0.0)
+    p.add_argument("--backbone", default="vgg19")
+    p.add_argument("--weights", help="backbone weights file")
+    p.add_argument("--pooling", choices=("max", "avg"), default="avg")
+    p.add_argument("--content-layers", nargs="+")
+    p.add_argument("--style-layers", nargs="+")
+    p.add_argument("--norm", choices=("instance", "batch"), default="instance")
+    p.add_argument("--width", type=int, default=32, help="filters of the first conv layer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--val-image", help="fixed validation image (default: the first training image)")
+    p.add_argument("--val-every", type=int, default=100, help="log the stylised validation image every N steps")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--experiment", default="fast-train", help="MLflow experiment (nst-grid/<name>)")
+    p.add_argument("--no-track", action="store_true", help="plain training: no Prefect flow, no MLflow")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def train_configs(args: argparse.Namespace) -> list[dict]:
+    """One config dict per network to train (validated here, before any work)."""
+    from .train import make_train_config
+
+    groups = [list(args.style)] if args.multi else [[s] for s in args.style]
+    out_dir = Path(args.out_dir)
+    configs = []
+    for styles in groups:
+        name = "+".join(Path(s).stem for s in styles)
+        cfg = dict(
+            styles=styles, images=args.images, coco=args.coco, size=args.size, style_size=args.style_size,
+            batch_size=args.batch_size, steps=args.steps, lr=args.lr, content_weight=args.content_weight,
+            style_weight=args.style_weight, tv_weight=args.tv_weight, backbone=args.backbone, weights=args.weights,
+            pooling=args.pooling, content_layers=args.content_layers, style_layers=args.style_layers, norm=args.norm,
+            width=args.width, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
+            val_image=args.val_image, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
+            checkpoint=str(out_dir / f"{name}.ckpt"), out=str(out_dir / f"{name}.pt"),
+        )
+        make_train_config(**cfg)
+        configs.append(cfg)
+    return configs
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..images import load_image
+    from .train import train, training_files
+
+    configs = train_configs(args)
+    for s in args.style:
+        load_image(s, size=16)
+    training_files(args.images, args.coco)
+    if args.no_track:
+        from tqdm import tqdm
+
+        for cfg in configs:
+            bar = tqdm(total=cfg["steps"], desc=Path(cfg["out"]).stem, disable=args.quiet, dynamic_ncols=True)
+
+            def on_step(info, bar=bar) -> None:
+                bar.update(info.step - bar.n)
+                bar.set_postfix(total=f"{info.losses['total']:.3g}", ips=f"{info.images_per_s:.1f}")
+
+            try:
+                r = train(cfg, callback=on_step)
+            finally:
+                bar.close()
+            print(f"saved {r.model_path}: {r.timings['train_s']:.1f}s, {r.timings['images_per_s']:.2f} images/s")
+        return 0
+    try:
+        import os
+
+        from tasks.settings import OFFLINE_ENV
+
+        for k, v in OFFLINE_ENV.items():  # before Prefect is imported: it reads them once
+            os.environ.setdefault(k, v)
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        from flows.train import run_training
+    except ImportError as exc:
+        raise NSTError(f"nst train needs the flows package and prefect/mlflow ({exc}); or use --no-track") from None
+    results = run_training(configs, experiment=args.experiment, progress=not args.quiet)
+    for r in results:
+        print(f"saved {r['model']}: {r['train_s']:.1f}s, {r['images_per_s']:.2f} images/s, MLflow run {r['run_id']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- video
+
+
+def _add_video(sub) -> None:
+    p = sub.add_parser("video", help="stylise a video (fast network per frame, or optimisation with temporal loss)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--in", dest="src", required=True, help="video file, or a folder of frame images")
+    p.add_argument("--out", required=True, help="output video (.mp4, .mkv, ...)")
+    p.add_argument("--mode", choices=("fast", "optim"), default="fast")
+    p.add_argument("--model", help="fast mode: model file from `nst train`")
+    _style_choice(p)
+    p.add_argument("--style", action="append", help="optim mode: style image (repeat for several)")
+    p.add_argument("--size", type=int, help="longest side to process at (default: the video's)")
+    p.add_argument("--max-frames", type=int, help="only the first N frames")
+    p.add_argument("--fps", type=float, help="frame rate of a frame folder (default 24)")
+    p.add_argument("--steps", type=int, default=200, help="optim: steps for the first frame")
+    p.add_argument("--frame-steps", type=int, default=100, help="optim: steps for each later frame")
+    p.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    p.add_argument("--content-weight", type=float, default=1.0)
+    p.add_argument("--style-weight", type=float, default=20.0)
+    p.add_argument("--temporal-weight", type=float, default=200.0, help="optim: weight of Ruder's temporal loss")
+    p.add_argument("--no-temporal", action="store_true", help="optim: independent frames (the flickering baseline)")
+    p.add_argument("--flow", choices=("dis", "raft"), default="dis", help="optical flow: OpenCV DIS or torchvision RAFT")
+    p.add_argument("--flow-weights", help="RAFT weights file (default: the torch hub cache)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_video)
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .. import video
+    from ..config import make_config
+
+    out = Path(args.out)
+    if out.suffix.lower() not in video.VIDEO_SUFFIXES:
+        raise ConfigError(f"--out {out}: must be a video file ({', '.join(video.VIDEO_SUFFIXES)})")
+    info = video.probe(args.src, args.fps)
+    flow = video.make_flow(args.flow, args.flow_weights, "cpu" if args.device == "auto" else args.device)
+    if args.mode == "fast":
+        if not args.model:
+            raise ConfigError("--mode fast needs --model")
+        from .infer import Stylizer
+
+        prec = "fp32" if args.precision == "auto" else args.precision
+        model = Stylizer(args.model, style=_choice(args), preserve_color=args.preserve_color, precision=prec,
+                         device=args.device)
+        fs = video.FrameStylizer("fast", model=model, flow=flow)
+    else:
+        if not args.style:
+            raise ConfigError("--mode optim needs --style")
+        from ..images import load_image
+
+        styles = [load_image(s) for s in args.style]
+        config = make_config(steps=args.steps, optimizer=args.optimizer, content_weight=args.content_weight,
+                             style_weight=args.style_weight, device=args.device, precision=args.precision,
+                             preserve_color="luminance" if args.preserve_color else None)
+        fs = video.FrameStylizer("optim", styles=styles, config=config, temporal=not args.no_temporal,
+                                 temporal_weight=args.temporal_weight, frame_steps=args.frame_steps, flow=flow)
+    total = min(info.frames, args.max_frames) if info.frames and args.max_frames else (info.frames or args.max_frames)
+    res = video.stylize_video(args.src, out, fs, size=args.size, max_frames=args.max_frames, fps=args.fps,
+                              progress=lambda g: tqdm(g, total=total, desc=f"video {args.mode}", unit="frame",
+                                                      disable=args.quiet))
+    summary = {"out": str(out), "mode": res.mode, "frames": res.frames, "fps": float(info.fps),
+               "audio": info.has_audio and not Path(args.src).is_dir(), "warp_error": res.warp_error,
+               "seconds": res.seconds, "frames_per_s": res.fps_processed, **res.info}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"saved {out}: {res.frames} frames at {float(info.fps):g} fps in {res.seconds:.1f}s; "
+              f"temporal warping error {res.warp_error:.5g} ({res.mode}"
+              f"{', temporal' if args.mode == 'optim' and not args.no_temporal else ''})")
+    return 0

@@ -1,0 +1,101 @@
+"""Apply a saved transformation network: no autograd, channels_last, optional bf16.
+
+`Stylizer` holds a loaded model and stylises tensors (video frames use it too);
+`stylize_file` / `stylize_folder` are the file-level conveniences behind `nst fast`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .. import color
+from ..errors import ConfigError, ImageError
+from ..features import autocast_context
+from ..images import load_image, save_image
+from ..runtime import resolve_device
+from .network import TransformNet, load_model
+from .train import IMAGE_SUFFIXES
+
+class Stylizer:
+    """A loaded model plus the inference settings: call it with ``[N, 3, H, W]`` images in [0, 1]."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | TransformNet,
+        *,
+        style: int | Sequence[float] | None = None,
+        preserve_color: bool = False,
+        precision: str = "fp32",
+        device: str = "auto",
+    ) -> None:
+        self.device = resolve_device(device)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision: unknown '{precision}' (use fp32, bf16 or fp16)")
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ConfigError("precision: fp16 is not supported on CPU (use bf16 or fp32)")
+        if isinstance(model, TransformNet):
+            self.net, self.info = model.eval(), {"styles": [], "meta": {}}
+        else:
+            self.net, self.info = load_model(model, "cpu")
+        self.net = self.net.to(self.device).to(memory_format=torch.channels_last).eval()
+        self.style = self.net.style_vector(style if style is not None else 0, self.device)
+        self.preserve_color = preserve_color
+        self.precision = precision
+
+    @torch.inference_mode()
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Stylised image(s), CPU float32 in [0, 1]; with colour preservation the content's chroma is kept."""
+        x = image.to(self.device).contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.precision):
+            y = self.net(x, self.style)
+        y = y.float().clamp(0, 1).cpu()
+        if self.preserve_color:
+            y = color.combine_luminance(y, image.float().cpu())
+        return y.contiguous()
+
+
+def stylize_file(stylizer: Stylizer, content: str | os.PathLike, out: str | os.PathLike, size: int | None = None) -> Path:
+    image = load_image(content, size=size)
+    return save_image(stylizer(image), out)
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise ImageError(f"{root}: input folder not found")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ImageError(f"{root}: no image files in the folder")
+    return files
+
+
+def stylize_folder(
+    stylizer: Stylizer, in_dir: str | os.PathLike, out_dir: str | os.PathLike, size: int | None = None, progress=None
+) -> list[Path]:
+    """Stylise every image of a folder into `out_dir` as PNGs with the same stems."""
+    files = image_files(in_dir)
+    out = Path(out_dir)
+    written = []
+    for f in progress(files) if progress else files:
+        written.append(stylize_file(stylizer, f, out / f"{f.stem}.png", size))
+    return written
+
+
+def time_inference(stylizer: Stylizer, size: int = 512, repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds per ``size x size`` image (what the benchmark prints)."""
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    for _ in range(warmup):
+        stylizer(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        stylizer(x)
+        if stylizer.device.type == "cuda":
+            torch.cuda.synchronize(stylizer.device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]

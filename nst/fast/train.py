@@ -1,0 +1,370 @@
+"""Train a transformation network on COCO (or any image folder) with the shared perceptual losses.
+
+`train(config, callback=...)` is a plain function: Prefect/MLflow adapters call
+it and receive progress through the callback.  The loss network comes from
+`nst.backbones` / `nst.features` and the loss is `nst.losses.PerceptualLoss`
+(content targets change with every batch, so a loss object is made per step
+around the style Gram targets that are computed once).
+
+Determinism: the network initialisation, the sample order and every random
+crop derive from `seed` and the global sample index, so a run resumed from a
+checkpoint sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .. import backbones
+from ..config import format_validation_error
+from ..errors import ConfigError, DivergedError, ImageError
+from ..features import FeatureExtractor, autocast_context
+from ..images import atomic_write, load_image, resize
+from ..losses import PerceptualLoss, gram_matrix, normalised_layer_weights
+from ..runtime import resolve_device, resolve_precision
+from .network import NetConfig, TransformNet, model_payload, save_model
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+CKPT_FORMAT = "nst-fast-ckpt/1"
+#: Settings that may differ between a run and its resumption.
+RESUMABLE = ("steps", "checkpoint", "checkpoint_every", "log_every", "val_every", "out", "resume", "workers", "device")
+
+
+class TrainConfig(BaseModel):
+    """Every setting of one feed-forward training run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    styles: tuple[str, ...] = Field(..., min_length=1, description="style image files (several: conditional IN)")
+    images: str = Field(..., description="folder of training images (COCO's train2014/ or any folder)")
+    coco: Optional[str] = Field(None, description="COCO annotation JSON listing the images to use")
+    size: int = Field(256, ge=16, le=2048, description="square training crop, pixels")
+    style_size: Optional[int] = Field(None, gt=0, description="longest side of the style images (default: size)")
+    batch_size: int = Field(4, ge=1, le=256)
+    steps: int = Field(2000, ge=0, le=10_000_000)
+    lr: float = Field(1e-3, gt=0)
+    content_weight: float = Field(1.0, ge=0)
+    style_weight: float = Field(10.0, ge=0)
+    tv_weight: float = Field(0.0, ge=0)
+    backbone: str = "vgg19"
+    weights: Optional[str] = None
+    pooling: Literal["max", "avg"] = "avg"
+    content_layers: Optional[tuple[str, ...]] = None
+    style_layers: Optional[tuple[str, ...]] = None
+    norm: Literal["instance", "batch"] = "instance"
+    width: int = Field(32, ge=1, le=256, description="filters of the first conv (32 in the paper)")
+    n_residual: int = Field(5, ge=0, le=32)
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    workers: int = Field(0, ge=0, le=64, description="data-loading processes")
+    log_every: int = Field(1, ge=1)
+    val_image: Optional[str] = Field(None, description="fixed validation image (default: the first training image)")
+    val_size: int = Field(256, ge=16, le=4096)
+    val_every: int = Field(0, ge=0, description="stylise the validation image every N steps (0: only at the end)")
+    checkpoint: Optional[str] = Field(None, description="checkpoint file (written atomically)")
+    checkpoint_every: int = Field(0, ge=0)
+    resume: bool = True
+    out: Optional[str] = Field(None, description="final model file")
+
+
+def make_train_config(**values) -> TrainConfig:
+    """Build a `TrainConfig`; invalid values become one-line `ConfigError`s."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "train")) from None
+
+
+@dataclass
+class TrainStep:
+    """What the callback sees: losses of `step` and, on validation steps, the stylised validation image."""
+
+    step: int  # 1-based
+    total_steps: int
+    losses: dict[str, float]
+    elapsed: float
+    images_per_s: float
+    val_image: torch.Tensor | None = None  # [1, 3, H, W*n_styles] in [0, 1], CPU
+
+
+@dataclass
+class TrainResult:
+    net: TransformNet
+    history: list[dict[str, float]]
+    timings: dict[str, float]
+    info: dict[str, object]
+    model_path: Path | None
+    val_image: torch.Tensor | None
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_files(images: str | os.PathLike, coco: str | os.PathLike | None = None) -> list[Path]:
+    """The training images: those a COCO annotation file lists (pycocotools), or every image in a folder."""
+    root = Path(images)
+    if not root.is_dir():
+        raise ImageError(f"{root}: training image folder not found")
+    if coco is None:
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ImageError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+        return files
+    from pycocotools.coco import COCO
+
+    ann = Path(coco)
+    if not ann.is_file():
+        raise ImageError(f"{ann}: COCO annotation file not found")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            api = COCO(str(ann))
+    except Exception as exc:
+        raise ImageError(f"{ann}: not a COCO annotation file ({type(exc).__name__}: {exc})") from None
+    infos = api.loadImgs(sorted(api.getImgIds()))
+    files = [root / info["file_name"] for info in infos]
+    missing = [f for f in files if not f.is_file()]
+    if not files:
+        raise ImageError(f"{ann}: lists no images")
+    if missing:
+        raise ImageError(f"{root}: {len(missing)} of {len(files)} images listed in {ann.name} are missing, e.g. {missing[0].name}")
+    return files
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Item k = a random square crop of the image at position k of a per-epoch shuffle.
+
+    Everything random depends only on (seed, k): resumable and worker-count independent.
+    """
+
+    def __init__(self, files: list[Path], size: int, seed: int) -> None:
+        self.files, self.size, self.seed = files, size, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:  # indexed by global sample number; the sampler bounds it
+        return 2**62
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(len(self.files), generator=g).tolist()}
+        return self._perms[epoch]
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        n = len(self.files)
+        path = self.files[self._order(k // n)[k % n]]
+        img = load_image(path)
+        h, w = img.shape[-2:]
+        scale = self.size / min(h, w)
+        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+        img = resize(img, (nh, nw))
+        g = torch.Generator().manual_seed((self.seed * 2_654_435_761 + k) % (2**63))
+        top = int(torch.randint(0, nh - self.size + 1, (1,), generator=g))
+        left = int(torch.randint(0, nw - self.size + 1, (1,), generator=g))
+        return img[0, :, top : top + self.size, left : left + self.size].contiguous()
+
+
+def batches(dataset: CropDataset, batch_size: int, start_step: int, steps: int, workers: int):
+    sampler = range(start_step * batch_size, steps * batch_size)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=False,
+        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _style_name(path: str) -> str:
+    return Path(path).stem
+
+
+def _config_mismatch(saved: dict, config: TrainConfig) -> str | None:
+    now = config.model_dump()
+    for k, v in now.items():
+        if k in RESUMABLE:
+            continue
+        old = saved.get(k)
+        if isinstance(v, tuple):
+            old = tuple(old) if old is not None else None
+        if old != v:
+            return f"{k} (checkpoint: {old!r}, now: {v!r})"
+    return None
+
+
+def train(
+    config: TrainConfig | dict,
+    *,
+    callback: Callable[[TrainStep], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a transformation network; returns it with its loss history and timings."""
+    if isinstance(config, dict):
+        config = make_train_config(**config)
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    for s in config.styles:
+        load_image(s, size=16)  # fail on a bad style file before anything else
+    files = training_files(config.images, config.coco)
+
+    backbone = backbones.get_backbone(config.backbone, config.pooling, config.weights, device)
+    content_layers = list(config.content_layers or backbone.default_content_layers)
+    style_layers = list(config.style_layers or backbone.default_style_layers)
+    backbone.check_layers(content_layers, "content layer")
+    backbone.check_layers(style_layers, "style layer")
+    cw = normalised_layer_weights(content_layers, None)
+    sw = normalised_layer_weights(style_layers, None)
+    extractor = FeatureExtractor(backbone, content_layers + style_layers, precision)
+    content_extractor = FeatureExtractor(backbone, content_layers, precision)
+
+    style_size = config.style_size or config.size
+    grams: list[dict[str, torch.Tensor]] = []
+    with torch.no_grad():
+        for s in config.styles:
+            feats = extractor(load_image(s, size=style_size).to(device))
+            grams.append({k: gram_matrix(feats[k]).detach() for k in style_layers})
+
+    torch.manual_seed(config.seed)
+    net_cfg = NetConfig(norm=config.norm, n_styles=len(config.styles), width=config.width, n_residual=config.n_residual)
+    net = TransformNet(net_cfg).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    start_step = 0
+    history: list[dict[str, float]] = []
+    ckpt_path = Path(config.checkpoint) if config.checkpoint else None
+    if ckpt_path is not None and config.resume and ckpt_path.is_file():
+        start_step, history = _load_checkpoint(ckpt_path, config, net, opt, device)
+
+    val = _validation_image(config, files)
+    dataset = CropDataset(files, config.size, config.seed)
+    style_vecs = [net.style_vector(i, device) for i in range(len(config.styles))]
+    setup_s = time.perf_counter() - t0
+    loop_start = time.perf_counter()
+    val_image = None
+    net.train()
+    step = start_step
+    for batch in batches(dataset, config.batch_size, start_step, config.steps, config.workers):
+        step += 1
+        x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        s = (step - 1) % len(config.styles)  # round robin: one style per batch (Dumoulin et al.)
+        with torch.no_grad():
+            content_feats = content_extractor(x)
+        with autocast_context(device, precision):
+            y = net(x, style_vecs[s])
+        loss_fn = PerceptualLoss(
+            {k: content_feats[k] for k in content_layers}, cw, [(1.0, grams[s])], sw,
+            content_weight=config.content_weight, style_weight=config.style_weight, tv_weight=config.tv_weight,
+        )
+        total, terms = loss_fn(y.float(), extractor(y))
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+
+        is_last = step == config.steps
+        is_val = bool(config.val_every and step % config.val_every == 0) or is_last
+        is_ckpt = bool(ckpt_path and ((config.checkpoint_every and step % config.checkpoint_every == 0) or is_last))
+        if step % config.log_every == 0 or is_last or is_val or is_ckpt:
+            losses = {k: float(v.detach()) for k, v in terms.items()}
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise DivergedError(f"training diverged at step {step}: non-finite loss {losses}")
+            elapsed = time.perf_counter() - loop_start
+            ips = (step - start_step) * config.batch_size / max(elapsed, 1e-9)
+            history.append({"step": float(step), "time": elapsed, "style_index": float(s), **losses})
+            if is_val:
+                val_image = stylize_validation(net, val, len(config.styles), device)
+            if is_ckpt:
+                _save_checkpoint(ckpt_path, net, opt, step, config, history)
+            if callback is not None:
+                callback(TrainStep(step, config.steps, losses, elapsed, ips, val_image if is_val else None))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_s = time.perf_counter() - loop_start
+    done = config.steps - start_step
+    if val_image is None:
+        val_image = stylize_validation(net, val, len(config.styles), device)
+    timings = {
+        "setup_s": setup_s,
+        "train_s": train_s,
+        "total_s": time.perf_counter() - t0,
+        "s_per_step": train_s / done if done > 0 else 0.0,
+        "images_per_s": done * config.batch_size / train_s if done > 0 and train_s > 0 else 0.0,
+    }
+    info = {
+        "device": str(device),
+        "precision": precision,
+        "backbone": backbone.name,
+        "weights_source": backbone.weights_source,
+        "content_layers": content_layers,
+        "style_layers": style_layers,
+        "n_images": len(files),
+        "start_step": start_step,
+        "steps": config.steps,
+        "parameters": sum(p.numel() for p in net.parameters()),
+    }
+    net.eval()
+    model_path = None
+    if config.out:
+        model_path = save_model(net, config.out, [_style_name(s) for s in config.styles], model_meta(config, info, timings))
+    return TrainResult(net, history, timings, info, model_path, val_image)
+
+
+def model_meta(config: TrainConfig, info: dict, timings: dict) -> dict:
+    """Provenance stored inside the model file (plain types only: loads with weights_only)."""
+    return {
+        "train_config": config.model_dump(mode="json"),
+        "backbone": info["backbone"],
+        "weights_source": info["weights_source"],
+        "content_layers": info["content_layers"],
+        "style_layers": info["style_layers"],
+        "train_s": float(timings["train_s"]),
+    }
+
+
+def _validation_image(config: TrainConfig, files: list[Path]) -> torch.Tensor:
+    return load_image(config.val_image or files[0], size=config.val_size)
+
+
+@torch.no_grad()
+def stylize_validation(net: TransformNet, val: torch.Tensor, n_styles: int, device: torch.device) -> torch.Tensor:
+    """The fixed validation image in each style, side by side (the "evolution over epochs" frames)."""
+    was_training = net.training
+    net.eval()
+    outs = [net(val.to(device), net.style_vector(i, device)).float().clamp(0, 1).cpu() for i in range(n_styles)]
+    net.train(was_training)
+    return torch.cat(outs, dim=-1)
+
+
+def _save_checkpoint(path: Path, net, opt, step: int, config: TrainConfig, history) -> None:
+    payload = {
+        "format": CKPT_FORMAT,
+        "model": model_payload(net, [_style_name(s) for s in config.styles]),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "config": config.model_dump(mode="json"),
+        "history": history,
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _load_checkpoint(path: Path, config: TrainConfig, net, opt, device) -> tuple[int, list]:
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot read checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
+        raise ConfigError(f"{path}: not a training checkpoint")
+    diff = _config_mismatch(payload["config"], config)
+    if diff:
+        raise ConfigError(f"{path}: checkpoint was made with different settings: {diff}")
+    net.load_state_dict(payload["model"]["state_dict"])
+    opt.load_state_dict(payload["optimizer"])
+    return int(payload["step"]), list(payload.get("history", []))

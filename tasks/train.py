@@ -1,0 +1,135 @@
+"""Train one feed-forward network and record it in MLflow: a thin adapter over `nst.fast.train`.
+
+`train_one` is plain Python; `train_task` is the Prefect task around it.  The
+run logs per-step losses (batched `log_batch`), the fixed validation image at
+every validation step (the "evolution over epochs" figure, as PNGs and one
+sheet), the final model (our model file with style, config and weights, plus
+an MLflow pytorch model), wall time and images/s.  The run always ends
+FINISHED or FAILED (`tracking.tracked_run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import task
+
+from nst.errors import NSTError
+from nst.fast.train import TrainStep, make_train_config, train
+from nst.images import save_image
+
+from . import tracking
+from .cell import _loss_curve, device_pool
+
+FLUSH_EVERY = 50
+
+
+def train_id(cfg: dict) -> str:
+    """Identity of a training config (what a finished run is recognised by)."""
+    c = make_train_config(**cfg).model_dump(mode="json")
+    for k in ("checkpoint", "checkpoint_every", "log_every", "val_every", "out", "resume", "workers", "device"):
+        c.pop(k, None)
+    return hashlib.sha1(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_one(cfg: dict, exp_id: str, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train `cfg` on a leased device inside a child MLflow run; returns a summary dict."""
+    config = make_train_config(**cfg)
+    names = "+".join(Path(s).stem for s in config.styles)
+    result: dict[str, Any] = {"name": names, "run_id": None, "status": "FAILED", "error": None, "model": config.out}
+    tags = {"nst.kind": "train", "cell_id": train_id(cfg), "styles": names, "norm": config.norm,
+            "n_styles": str(len(config.styles)), "git_commit": tracking.git_commit()}
+    try:
+        with device_pool().lease() as device, tracking.tracked_run(exp_id, f"train {names}", tags, parent_run_id) as run_id:
+            result["run_id"] = run_id
+            if config.device == "auto":
+                config = config.model_copy(update={"device": device})
+            tracking.log_batch(run_id, params={k: v for k, v in config.model_dump(mode="json").items()},
+                               tags={"device": config.device})
+            with tempfile.TemporaryDirectory(prefix="nst-train-") as tmp:
+                result.update(_train_and_log(config, run_id, Path(tmp), progress))
+            result["status"] = "FINISHED"
+    except NSTError as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def _train_and_log(config, run_id: str, tmp: Path, progress: bool) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    client = tracking.client()
+    pending: list[tuple[int, dict[str, float]]] = []
+    frames: list[tuple[int, torch.Tensor]] = []
+    bar = tqdm(total=config.steps, desc=f"train {Path(config.out or 'model').stem}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+
+    def on_step(info: TrainStep) -> None:
+        bar.update(info.step - bar.n)
+        pending.append((info.step, {**{f"loss_{k}": v for k, v in info.losses.items()}, "images_per_s": info.images_per_s}))
+        if info.val_image is not None:
+            frames.append((info.step, info.val_image))
+            path = save_image(info.val_image, tmp / "evolution" / f"step_{info.step:06d}.png")
+            client.log_artifact(run_id, str(path), "evolution")
+        if len(pending) >= FLUSH_EVERY or info.step == info.total_steps:
+            tracking.log_batch(run_id, step_metrics=list(pending))
+            pending.clear()
+
+    t0 = time.perf_counter()
+    try:
+        res = train(config, callback=on_step)
+    finally:
+        bar.close()
+    if pending:
+        tracking.log_batch(run_id, step_metrics=pending)
+    wall = time.perf_counter() - t0
+    metrics = {"wall_s": wall, **{k: float(v) for k, v in res.timings.items()}}
+    if res.history:
+        metrics.update({f"final_{k}": v for k, v in res.history[-1].items() if k not in ("step", "time", "style_index")})
+    tracking.log_batch(run_id, metrics=metrics, tags={"weights_source": res.info["weights_source"],
+                                                      "precision": res.info["precision"]})
+    art = tmp / "artifacts"
+    if frames:
+        save_image(torch.cat([f for _, f in frames], dim=-2), art / "evolution.png")
+    if res.history:
+        _loss_curve(res.history, art / "loss_curve.png", f"train {Path(config.out or 'model').stem}")
+    model_dir = art / "model"
+    model_dir.mkdir(parents=True)
+    if res.model_path is not None:
+        shutil.copy2(res.model_path, model_dir / "model.pt")
+    for s in config.styles:
+        shutil.copy2(s, model_dir / f"style_{Path(s).name}")
+    (model_dir / "config.json").write_text(json.dumps({"train": config.model_dump(mode="json"), "info": res.info,
+                                                       "timings": res.timings}, indent=1, default=str))
+    client.log_artifacts(run_id, str(art))
+    _log_mlflow_model(res.net, run_id, tmp / "mlflow_model")
+    return {"train_s": res.timings["train_s"], "images_per_s": res.timings["images_per_s"], "wall_s": wall}
+
+
+def _log_mlflow_model(net, run_id: str, path: Path) -> None:
+    """The network as an MLflow pytorch model (loadable with `mlflow.pytorch.load_model`)."""
+    import mlflow.pytorch
+
+    mlflow.pytorch.save_model(net.cpu().eval(), str(path), serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                              code_paths=[str(Path(__file__).resolve().parents[1] / "nst")])
+    tracking.client().log_artifacts(run_id, str(path), "mlflow_model")
+
+
+def _transient(task_, task_run, state) -> bool:
+    try:
+        state.result()
+    except NSTError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+train_task = task(train_one, name="train-network", retries=0, retry_condition_fn=_transient,
+                  task_run_name="train-{cfg[out]}")
