@@ -19,7 +19,7 @@ EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 #: Modules that may add subcommands (they import Prefect/MLflow, so they live outside nst/).
-PLUGINS = ("flows.cli",)
+PLUGINS = ("flows.cli", "nst.fast.cli")
 
 
 def _default(field: str):

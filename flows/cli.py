@@ -1,0 +1,129 @@
+"""`nst grid run|report|list`: the experiment-grid commands (Prefect and MLflow imported lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_FILE = "experiments.yaml"
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("grid", help="run experiment grids from experiments.yaml and compare them",
+                       description="Experiment grids: Prefect runs the cells, MLflow records them.")
+    gsub = p.add_subparsers(dest="grid_command", required=True, metavar="GRID_COMMAND")
+
+    r = gsub.add_parser("run", help="run the missing cells of a grid, then write its report",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("file", nargs="?", default=DEFAULT_FILE, help="experiments file")
+    r.add_argument("--grid", required=True, help="grid name (see `nst grid list`)")
+    r.add_argument("--dry-run", action="store_true", help="print the cells and which would be skipped; run nothing")
+    r.add_argument("--workers", type=int, help="cells at a time (default: one per GPU, else 1 on CPU)")
+    r.add_argument("--devices", nargs="+", help="explicit devices, one running cell each (e.g. cuda:0 cuda:1)")
+    r.add_argument("--executor", choices=("local", "deployment"), default="local",
+                   help="local threads, or runs of the nst-cell deployment on a work pool (fleet)")
+    r.add_argument("--deployment", default="nst-cell/nst-cell", help="deployment for --executor deployment")
+    r.add_argument("--reports", help="reports folder (default ./reports, or $NST_REPORTS)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--verbose", action="store_true", help="show Prefect's INFO logs")
+    r.set_defaults(func=cmd_run)
+
+    rp = gsub.add_parser("report", help="rebuild a grid's tables and contact sheet from MLflow")
+    rp.add_argument("--grid", required=True)
+    rp.add_argument("--file", help="experiments file: restrict to its current cells and use its sheet layout")
+    rp.add_argument("--reports", help="reports folder (default ./reports)")
+    rp.set_defaults(func=cmd_report)
+
+    ls = gsub.add_parser("list", help="list the grids of an experiments file")
+    ls.add_argument("file", nargs="?", default=DEFAULT_FILE)
+    ls.set_defaults(func=cmd_list)
+
+
+def _env(verbose: bool = False) -> None:
+    from tasks.settings import OFFLINE_ENV
+
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from nst.experiments import expand, load_experiments
+
+    exp = load_experiments(args.file)
+    for name, spec in exp.grids.items():
+        g = expand(exp, name)
+        axes = ", ".join(f"{a}({len({c.labels.get(a) for c in g.cells})})" for a in g.axes) or "-"
+        print(f"{name}: {len(g.cells)} cells; axes {axes}")
+        if spec.description:
+            print(f"    {spec.description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _env(args.verbose)
+    from tasks.settings import configure
+
+    uri = configure()
+    from flows.grid import plan
+
+    # everything is validated here, before Prefect starts and before any work
+    g, exp_id, done = plan(args.file, args.grid)
+    if args.dry_run:
+        for c in g.cells:
+            mark = "skip (finished)" if c.cell_id in done else "run"
+            print(f"{c.index:3d}  {c.cell_id}  {mark:15s}  {c.name}  [{c.method}, {c.config.backbone}, "
+                  f"{c.config.size}px, {c.config.steps} steps]")
+        print(f"grid {args.grid}: {len(g.cells)} cells, {sum(c.cell_id in done for c in g.cells)} would be skipped; "
+              f"tracking {uri}")
+        return 0
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.grid import grid_flow
+    from tasks.cell import default_devices
+
+    devices = args.devices or default_devices(args.workers)
+    if args.workers and args.devices:
+        devices = (args.devices * args.workers)[: max(args.workers, len(args.devices))]
+    flow = grid_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=len(devices)))
+    out = flow(str(Path(args.file).resolve()), args.grid, devices=devices, executor=args.executor,
+               progress=not args.quiet, reports_dir=args.reports, deployment=args.deployment)
+    failed = [r for r in out["results"] if r["status"] != "FINISHED"]
+    rep = out["report"]
+    print(f"grid {args.grid}: {out['cells']} cells: {out['skipped']} skipped (finished before), "
+          f"{len(out['results']) - len(failed)} finished, {len(failed)} failed")
+    for r in failed:
+        print(f"  failed {r['cell_id']}: {r['error']}")
+    for k in ("table.html", "table.md", "contact_sheet.png", "summary.md"):
+        if k in rep:
+            print(f"  {k:18s} {rep[k]}")
+    print(f"  MLflow UI: mlflow ui --backend-store-uri {uri}   (experiment {out['experiment_id']}: "
+          f"nst-grid/{args.grid}, parent run {out['parent_run_id']})")
+    return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _env()
+    from tasks.settings import configure
+
+    configure()
+    from nst.errors import ConfigError
+    from tasks import settings, tracking
+
+    if tracking.experiment_id(args.grid, create=False) is None:
+        raise ConfigError(f"grid '{args.grid}': no MLflow experiment '{tracking.experiment_name(args.grid)}' at "
+                          f"{settings.tracking_uri()} (run `nst grid run` first)")
+    if args.file:
+        from nst.experiments import load_grid
+        from tasks.cell import METHODS
+
+        load_grid(args.file, args.grid, METHODS)
+    from flows.report import report_flow
+
+    out = report_flow(args.grid, args.file, args.reports)
+    print(f"grid {args.grid}: {out['cells']} cells")
+    for k, v in out["report"].items():
+        print(f"  {k:18s} {v}")
+    return 0

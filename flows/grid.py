@@ -1,0 +1,180 @@
+"""The grid flow: load experiments.yaml, skip finished cells, fan the rest out, build the report.
+
+Two executors:
+
+* ``local`` (default) — cells as mapped Prefect tasks on a ThreadPoolTaskRunner
+  in this process; each cell leases an explicit device (one cell per GPU, or
+  `workers` CPU slots), and cells share nst's process-wide target cache.
+* ``deployment`` — each cell becomes a run of the ``nst-cell`` deployment, picked
+  up by process workers of a work pool (one worker per GPU, each with its own
+  ``CUDA_VISIBLE_DEVICES``); the grid waits for them and reads the outcome
+  from MLflow, the single source of truth.
+
+Resume: cells whose id already has a FINISHED run in the grid's MLflow
+experiment are skipped.  Prefect's result cache is deliberately off
+(``NO_CACHE``): a cached "done" would outlive a deleted MLflow run and hide work.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from nst.errors import ConfigError
+from nst.experiments import Cell, Grid, load_grid
+from tasks import report as report_mod
+from tasks import settings, tracking
+from tasks.cell import CANCEL, METHODS, configure_devices, default_devices, stylize_cell
+
+CELL_DEPLOYMENT = "nst-cell/nst-cell"
+
+
+def plan(experiments: str | Path, grid: str) -> tuple[Grid, str | None, dict[str, str]]:
+    """The validated grid, its experiment id (None if it never ran) and its finished cells."""
+    g = load_grid(experiments, grid, METHODS)
+    exp_id = tracking.experiment_id(grid, create=False)
+    done = tracking.finished_cells(exp_id) if exp_id else {}
+    return g, exp_id, done
+
+
+@flow(name="nst-cell", log_prints=True)
+def cell_flow(cell: dict[str, Any], exp_id: str, parent_run_id: str | None = None) -> dict[str, Any]:
+    """One cell as its own flow run: what a fleet worker executes for the deployment executor."""
+    configure_devices(default_devices())
+    return stylize_cell.with_options(cache_policy=NO_CACHE)(cell, exp_id, parent_run_id, False)
+
+
+@flow(name="nst-grid", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))  # CLI: one per device
+def grid_flow(
+    experiments: str,
+    grid: str,
+    devices: list[str] | None = None,
+    executor: str = "local",
+    progress: bool = True,
+    reports_dir: str | None = None,
+    deployment: str = CELL_DEPLOYMENT,
+) -> dict[str, Any]:
+    """Run the missing cells of `grid` and write its comparison report; returns a summary."""
+    from tqdm import tqdm
+
+    if executor not in ("local", "deployment"):
+        raise ConfigError(f"executor: unknown '{executor}' (local or deployment)")
+    g, _, done = plan(experiments, grid)
+    exp_id = tracking.experiment_id(grid)
+    for run_id in tracking.close_abandoned_runs(exp_id):
+        print(f"closed run {run_id} left RUNNING by a process that is gone (marked KILLED)")
+    pending = [c for c in g.cells if c.cell_id not in done]
+    print(f"grid {grid}: {len(g.cells)} cells, {len(g.cells) - len(pending)} already finished, {len(pending)} to run")
+    out_dir = Path(reports_dir or settings.reports_dir()) / grid
+    tags = {"grid": grid, "nst.kind": "grid", "git_commit": tracking.git_commit(), "executor": executor,
+            "experiments_file": str(g.source)}
+    results: list[dict[str, Any]] = []
+    with tracking.tracked_run(exp_id, f"grid {grid}", tags) as parent_id:
+        tracking.log_batch(parent_id, params={"cells": len(g.cells), "pending": len(pending),
+                                              "devices": ",".join(devices or []) or "default"})
+        bar = tqdm(total=len(pending), desc=f"grid {grid}", unit="cell", disable=not progress, dynamic_ncols=True)
+        try:
+            if executor == "local":
+                results = _run_local(pending, exp_id, parent_id, devices, progress, bar)
+            else:
+                results = _run_deployments(pending, exp_id, parent_id, deployment, bar)
+        finally:
+            bar.close()
+        failed = [r for r in results if r["status"] != "FINISHED"]
+        tracking.log_batch(parent_id, metrics={"cells": len(g.cells), "ran": len(results),
+                                               "failed": len(failed), "skipped": len(g.cells) - len(pending)})
+        rep = report_mod.build_report(
+            grid, exp_id, out_dir, [c.cell_id for c in g.cells], g.spec.contact_sheet.rows,
+            g.spec.contact_sheet.cols, g.spec.summary_by, parent_id,
+        )
+        _prefect_table(grid, rep)
+    return {
+        "grid": grid, "experiment_id": exp_id, "parent_run_id": parent_id, "cells": len(g.cells),
+        "skipped": len(g.cells) - len(pending), "results": results, "report": {k: str(v) for k, v in rep.files.items()},
+    }
+
+
+def _run_local(pending: list[Cell], exp_id: str, parent_id: str, devices, progress: bool, bar) -> list[dict]:
+    from prefect.futures import as_completed
+
+    configure_devices(devices or default_devices())
+    futures = stylize_cell.with_options(cache_policy=NO_CACHE).map(
+        [c.to_dict() for c in pending], unmapped(exp_id), unmapped(parent_id), unmapped(progress and len(pending) > 0)
+    )
+    by_future = {id(f): c for f, c in zip(futures, pending)}
+    results: list[dict] = []
+    CANCEL.clear()
+    try:
+        _collect(futures, by_future, results, bar)
+    except KeyboardInterrupt:
+        CANCEL.set()  # running cells stop at their next step and end their runs as KILLED
+        for fut in futures:
+            try:
+                fut.wait(timeout=60)
+            except BaseException:
+                pass
+        raise
+    return results
+
+
+def _collect(futures, by_future, results: list[dict], bar) -> None:
+    from prefect.futures import as_completed
+
+    for fut in as_completed(futures):
+        cell = by_future[id(fut)]
+        fut.wait()
+        try:
+            res = fut.result()
+        except Exception as exc:  # retries exhausted on an unexpected error: the grid goes on
+            res = {"cell_id": cell.cell_id, "run_id": None, "status": "FAILED", "error": f"{type(exc).__name__}: {exc}"}
+        results.append(res)
+        bar.update(1)
+        if res["status"] != "FINISHED":
+            bar.write(f"cell {cell.index} ({cell.name}) failed: {res['error']}")
+
+
+def _run_deployments(pending: list[Cell], exp_id: str, parent_id: str, deployment: str, bar) -> list[dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    runs = {}
+    for c in pending:
+        fr = run_deployment(
+            deployment, parameters={"cell": c.to_dict(), "exp_id": exp_id, "parent_run_id": parent_id},
+            timeout=0, flow_run_name=f"cell-{c.index}-{c.cell_id[:8]}", as_subflow=True,
+        )
+        runs[fr.id] = c
+    states: dict[Any, Any] = {}
+    with get_client(sync_client=True) as client:
+        while len(states) < len(runs):
+            for fid in runs:
+                if fid in states:
+                    continue
+                st = client.read_flow_run(fid).state
+                if st is not None and st.is_final():
+                    states[fid] = st
+                    bar.update(1)
+            if len(states) < len(runs):
+                time.sleep(1.0)
+    done = tracking.finished_cells(exp_id)
+    results = []
+    for fid, c in runs.items():
+        ok = c.cell_id in done
+        results.append({"cell_id": c.cell_id, "run_id": done.get(c.cell_id), "status": "FINISHED" if ok else "FAILED",
+                        "error": None if ok else f"flow run {states[fid].name}: {states[fid].message or ''}"})
+    return results
+
+
+def _prefect_table(grid: str, rep: report_mod.Report) -> None:
+    if rep.table.empty:
+        return
+    cols = [c for c in rep.table.columns if c not in ("run_id",)]
+    records = [{k: report_mod._fmt(v) for k, v in row.items()} for row in rep.table[cols].to_dict("records")]
+    key = "grid-" + "".join(ch if ch.isalnum() else "-" for ch in grid.lower())
+    create_table_artifact(records, key=key, description=f"nst grid {grid}: one row per cell")

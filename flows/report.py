@@ -1,0 +1,38 @@
+"""The report flow: rebuild the comparison table and contact sheet of any grid from MLflow alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from nst.errors import ConfigError
+from tasks import report as report_mod
+from tasks import settings, tracking
+
+
+@flow(name="nst-report", log_prints=True)
+def report_flow(grid: str, experiments: str | None = None, reports_dir: str | None = None) -> dict[str, Any]:
+    """Tables for `grid` (restricted to the YAML's current cells when `experiments` is given)."""
+    exp_id = tracking.experiment_id(grid, create=False)
+    if exp_id is None:
+        raise ConfigError(f"grid '{grid}': no MLflow experiment '{tracking.experiment_name(grid)}' at "
+                          f"{settings.tracking_uri()} (run `nst grid run` first)")
+    rows = cols = summary_by = None
+    cell_ids = None
+    if experiments:
+        from nst.experiments import load_grid
+        from tasks.cell import METHODS
+
+        g = load_grid(experiments, grid, METHODS)
+        cell_ids = [c.cell_id for c in g.cells]
+        rows, cols, summary_by = g.spec.contact_sheet.rows, g.spec.contact_sheet.cols, g.spec.summary_by
+    out = Path(reports_dir or settings.reports_dir()) / grid
+    rep = report_mod.build_report(grid, exp_id, out, cell_ids, rows, cols, summary_by)
+    if rep.table.empty:
+        raise ConfigError(f"grid '{grid}': no cell runs in experiment {exp_id}")
+    from flows.grid import _prefect_table
+
+    _prefect_table(grid, rep)
+    return {"grid": grid, "cells": len(rep.table), "report": {k: str(v) for k, v in rep.files.items()}}

@@ -1,0 +1,301 @@
+"""Stylise, evaluate and log one grid cell: the unit of GPU work, a thin adapter over `nst`.
+
+`run_cell` is plain Python (callable without Prefect); `stylize_cell` is the
+Prefect task around it.  A cell always ends as a child MLflow run that is
+FINISHED or FAILED (with the error as a tag): bad inputs and diverged
+optimisations fail the cell and the grid goes on; other errors (CUDA out of
+memory, a lost tracking server) are raised so Prefect retries the task.
+
+Methods are looked up by name in `METHODS`, so later methods (guided Gram,
+feed-forward, video) plug in without touching the flow.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import psutil
+import torch
+from prefect import task
+
+from nst.errors import NSTError
+from nst.evaluate import Evaluator
+from nst.experiments import Cell
+from nst.images import load_image, save_image
+from nst.optimize import StepInfo, StyleResult, style_size, stylize
+
+from . import tracking
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class CellInputs:
+    content: torch.Tensor
+    styles: list[torch.Tensor]
+
+
+MethodFn = Callable[[Cell, CellInputs, str, Callable[[StepInfo], None], int], StyleResult]
+METHODS: dict[str, MethodFn] = {}
+
+
+def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
+    def deco(fn: MethodFn) -> MethodFn:
+        METHODS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_method("gatys")
+def _gatys(cell: Cell, inputs: CellInputs, device: str, callback, image_every: int) -> StyleResult:
+    """Optimisation-based transfer; targets come from nst's process-wide cache (shared by cells)."""
+    config = cell.config.replace(device=device)
+    return stylize(inputs.content, inputs.styles, config, callback=callback, image_every=image_every)
+
+
+class CellCancelled(Exception):
+    """The grid was interrupted (Ctrl-C): running cells stop at their next step and close their runs."""
+
+
+#: Set by the grid flow on Ctrl-C; checked by every cell after each step.
+CANCEL = threading.Event()
+
+
+# --------------------------------------------------------------------------- devices
+
+
+class DevicePool:
+    """Explicit device leases: at most one running cell per device (or per CPU worker slot)."""
+
+    def __init__(self, devices: list[str]) -> None:
+        self.devices = list(devices)
+        self._q: "queue.Queue[str]" = queue.Queue()
+        for d in self.devices:
+            self._q.put(d)
+
+    @contextmanager
+    def lease(self) -> Iterator[str]:
+        dev = self._q.get()
+        try:
+            yield dev
+        finally:
+            self._q.put(dev)
+
+
+def default_devices(workers: int | None = None) -> list[str]:
+    """One slot per GPU (cuda:0..n-1); on CPU `workers` slots (default 1: torch already uses every core)."""
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return [f"cuda:{i % n}" for i in range(workers or n)]
+    return ["cpu"] * (workers or 1)
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: DevicePool | None = None
+
+
+def configure_devices(devices: list[str]) -> DevicePool:
+    global _POOL
+    with _POOL_LOCK:
+        _POOL = DevicePool(devices)
+        return _POOL
+
+
+def device_pool() -> DevicePool:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = DevicePool(default_devices())
+        return _POOL
+
+
+# --------------------------------------------------------------------------- evaluation
+
+_EVALUATORS: dict[tuple[str, int], Evaluator] = {}
+_EVAL_LOCK = threading.Lock()
+
+
+def evaluator(device: str, resolution: int) -> Evaluator:
+    with _EVAL_LOCK:
+        key = (device, resolution)
+        if key not in _EVALUATORS:
+            _EVALUATORS[key] = Evaluator(device, resolution)
+        return _EVALUATORS[key]
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def cell_tags(cell: Cell) -> dict[str, str]:
+    return {
+        "grid": cell.grid,
+        "cell_id": cell.cell_id,
+        "cell_index": str(cell.index),
+        "method": cell.method,
+        "backbone": cell.config.backbone,
+        "git_commit": tracking.git_commit(),
+        "nst.axes": json.dumps(list(cell.labels)),
+        **{f"axis.{k}": v for k, v in cell.labels.items()},
+    }
+
+
+def cell_params(cell: Cell) -> dict[str, Any]:
+    cfg = cell.config.model_dump(mode="json", exclude={"device"})
+    params = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cfg.items()}
+    params.update(method=cell.method, content=cell.content.name, styles=",".join(s.name for s in cell.styles))
+    return params
+
+
+def run_cell(cell: Cell | dict, exp_id: str, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run one cell as a child MLflow run; returns {cell_id, run_id, status, error}."""
+    cell = Cell.from_dict(cell) if isinstance(cell, dict) else cell
+    if cell.method not in METHODS:
+        raise NSTError(f"unknown method '{cell.method}' (known: {', '.join(METHODS)})")
+    result: dict[str, Any] = {"cell_id": cell.cell_id, "run_id": None, "status": "FAILED", "error": None}
+    if CANCEL.is_set():
+        return {**result, "status": "CANCELLED", "error": "grid interrupted before this cell started"}
+    try:
+        with device_pool().lease() as device, tracking.tracked_run(
+            exp_id, f"{cell.index:03d} {cell.name}"[:250], {**cell_tags(cell), "device": device}, parent_run_id
+        ) as run_id:
+            result["run_id"] = run_id
+            tracking.log_batch(run_id, params=cell_params(cell))
+            _stylize_and_log(cell, device, run_id, progress)
+            result["status"] = "FINISHED"
+    except NSTError as exc:  # bad input, missing weights, divergence: this cell fails, the grid goes on
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def _stylize_and_log(cell: Cell, device: str, run_id: str, progress: bool) -> None:
+    from tqdm import tqdm
+
+    cfg = cell.config
+    t0 = time.perf_counter()
+    content = load_image(cell.content, size=cfg.size)
+    styles = [load_image(s, size=style_size(content, cfg.style_scale)) for s in cell.styles]
+    stages = len(styles) if cfg.multi_style == "sequential" else 1
+    total = cfg.steps * stages
+    n_images = int(cell.options.get("intermediate_images", 3))
+    image_every = max(1, total // (n_images + 1)) if n_images and total > 1 else 0
+
+    proc = psutil.Process()
+    peak_rss = proc.memory_info().rss
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    frames: list[tuple[int, torch.Tensor]] = []
+    bar = tqdm(total=total, desc=f"cell {cell.index}", unit="step", leave=False, disable=not progress,
+               dynamic_ncols=True)
+
+    def on_step(info: StepInfo) -> None:
+        nonlocal peak_rss
+        if CANCEL.is_set():
+            raise CellCancelled(f"grid interrupted at step {info.step}")
+        bar.update(info.step - bar.n)
+        if info.step % 5 == 0 or info.step == total:
+            peak_rss = max(peak_rss, proc.memory_info().rss)
+        if info.image is not None and info.step < total and len(frames) < n_images:
+            frames.append((info.step, info.image))
+
+    try:
+        res = METHODS[cell.method](cell, _inputs(content, styles), device, on_step, image_every)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    peak_rss = max(peak_rss, proc.memory_info().rss)
+    metrics: dict[str, float] = {
+        "wall_s": wall,
+        **{k: float(v) for k, v in res.timings.items()},
+        "peak_rss_mb": peak_rss / 2**20,
+        "target_cache_hits": float(res.info.get("cache_hits", 0)),  # process-wide: shared targets reused
+    }
+    if device.startswith("cuda"):
+        metrics["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if res.history:
+        metrics.update({f"final_{k}": v for k, v in res.history[-1].items() if k not in ("step", "stage", "time")})
+    if cell.options.get("evaluate", True):
+        ev = evaluator(device, int(cell.options.get("eval_resolution", 512)))
+        metrics.update(ev.score(res.image, content, styles, cfg.style_weights).as_metrics())
+    step_metrics = [
+        (int(h["step"]), {f"loss_{k}": v for k, v in h.items() if k not in ("step", "stage", "time")})
+        for h in res.history
+    ]
+    tracking.log_batch(
+        run_id,
+        metrics=metrics,
+        step_metrics=step_metrics,
+        tags={"weights_source": res.info.get("weights_source", "?"), "precision": res.info.get("precision", "?")},
+    )
+    with tempfile.TemporaryDirectory(prefix="nst-cell-") as tmp:
+        out = Path(tmp)
+        save_image(res.image, out / "output.png")
+        for step, img in frames:
+            save_image(img, out / "intermediate" / f"step_{step:05d}.png")
+        if res.history:
+            _loss_curve(res.history, out / "loss_curve.png", cell.name)
+        (out / "cell.json").write_text(json.dumps({**cell.to_dict(), "device": device, "info": res.info}, indent=1,
+                                                  default=str))
+        tracking.client().log_artifacts(run_id, str(out))
+
+
+def _inputs(content: torch.Tensor, styles: list[torch.Tensor]) -> CellInputs:
+    return CellInputs(content, styles)
+
+
+def _loss_curve(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """Loss terms against step on a log scale (the Figure API: no pyplot state, safe in threads)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    steps = [h["step"] for h in history]
+    for k in [k for k in history[0] if k not in ("step", "stage", "time")]:
+        ys = [h[k] for h in history]
+        if any(y > 0 for y in ys):
+            ax.plot(steps, ys, label=k)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (weighted)")
+    ax.set_title(title[:80], fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _transient(task_, task_run, state) -> bool:
+    """Retry only errors that are not the input's fault (nor an interruption)."""
+    try:
+        state.result()
+    except (NSTError, CellCancelled):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+stylize_cell = task(
+    run_cell,
+    name="stylize-cell",
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=_transient,
+    task_run_name=lambda: _task_run_name(),
+)
+
+
+def _task_run_name() -> str:
+    from prefect.runtime import task_run
+
+    c = task_run.parameters.get("cell")
+    c = c.to_dict() if isinstance(c, Cell) else (c or {})
+    return f"cell-{c.get('index', '?')}-{c.get('cell_id', '')[:8]}"
