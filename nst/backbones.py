@@ -21,6 +21,7 @@ recorded as such (timing studies, tests).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -394,6 +395,14 @@ register(
 
 def names() -> list[str]:
     return list(REGISTRY)
+
+
+@functools.lru_cache(maxsize=None)
+def layer_names(name: str) -> tuple[str, ...]:
+    """A backbone's layer names from an untrained instance on the meta device (no weights, no memory)."""
+    with torch.device("meta"):
+        layers, _ = spec(name).build("max", RANDOM)
+    return tuple(n for n in layers if n != "input")
 
 
 def spec(name: str) -> BackboneSpec:

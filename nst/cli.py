@@ -210,7 +210,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
     rows = []
     for name, s in backbones.REGISTRY.items():
-        layers = _layer_names(name)
+        layers = list(backbones.layer_names(name))
         rows.append(
             {
                 "name": name,
@@ -230,14 +230,6 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         print(f"  default content layers: {', '.join(r['content_layers'])}; style layers: {', '.join(r['style_layers'])}")
         print(f"  layers: {' '.join(r['layers'])}")
     return 0
-
-
-def _layer_names(name: str) -> list[str]:
-    """Layer names without loading weights (an untrained instance has the same names)."""
-    from . import backbones
-
-    layers, _ = backbones.spec(name).build("max", backbones.RANDOM)
-    return [n for n in layers if n != "input"]
 
 
 def _add_evaluate(sub) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import backbones
 from .config import StyleConfig, make_config
 from .errors import ConfigError
 
@@ -206,18 +207,6 @@ def load_experiments(path: str | Path) -> Experiments:
 
 
 # --------------------------------------------------------------------------- entries
-
-
-@functools.lru_cache(maxsize=None)
-def layer_names(backbone: str) -> tuple[str, ...]:
-    """A backbone's layer names from an untrained instance on the meta device (no weights, no memory)."""
-    import torch
-
-    from . import backbones
-
-    with torch.device("meta"):
-        layers, _ = backbones.spec(backbone).build("max", backbones.RANDOM)
-    return tuple(n for n in layers if n != "input")
 
 
 def _file(value: Any, where: str, base: Path, what: str) -> Path:
@@ -484,7 +473,7 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None) ->
 
 
 def _check_layers(config: StyleConfig, origin: dict[str, str], what: str) -> None:
-    names = layer_names(config.backbone)
+    names = backbones.layer_names(config.backbone)
     for key in ("content_layers", "style_layers"):
         for i, layer in enumerate(getattr(config, key) or ()):
             if layer not in names:
