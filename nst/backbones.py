@@ -84,6 +84,7 @@ class Backbone(nn.Module):
         self.pooling = pooling
         self.default_content_layers = content_layers
         self.default_style_layers = style_layers
+        self.fast_convs: list[str] = []  # layers running as Winograd convs (CPU)
         self.eval()
         self.requires_grad_(False)
 
@@ -415,27 +416,48 @@ _CACHE: dict[tuple, Backbone] = {}
 _LOCK = threading.Lock()
 
 
+def winograd_enabled() -> bool:
+    """Winograd convs on CPU only when NST_WINOGRAD=1.
+
+    Opt-in: on an idle CPU they cut a VGG19 step about in half, but they run as
+    many small multi-threaded ops, and when other processes compete for the
+    cores OpenMP barriers stall and a step became ~4x *slower* than oneDNN's
+    direct convs (measured on a loaded 2-core machine).
+    """
+    return os.environ.get("NST_WINOGRAD", "0").lower() in ("1", "true", "yes", "on")
+
+
 def get_backbone(
     name: str = "vgg19",
     pooling: str = "max",
     weights: str | None = None,
     device: str | torch.device = "cpu",
+    fast_conv: bool | None = None,
 ) -> Backbone:
     """Build (once per process) a frozen backbone on `device`.
 
-    Cached by (name, pooling, weights, device) so a worker running many grid
-    cells loads each network once.
+    Cached by (name, pooling, weights, device, fast_conv) so a worker running
+    many grid cells loads each network once.  On CPU, `fast_conv` (default:
+    NST_WINOGRAD=1 in the environment) swaps eligible 3x3 convs for Winograd
+    F(4x4, 3x3) convs: the same function in about half the FLOPs (see
+    `nst.winograd`); the evaluator always uses the plain network.
     """
     s = spec(name)
     if pooling not in ("max", "avg"):
         raise ConfigError(f"unknown pooling '{pooling}' (use max or avg)")
     dev = torch.device(device)
-    key = (name, pooling, weights, str(dev))
+    fast = dev.type == "cpu" and (winograd_enabled() if fast_conv is None else fast_conv)
+    key = (name, pooling, weights, str(dev), fast)
     with _LOCK:
         if key not in _CACHE:
             layers, source = s.build(pooling, weights)
             bb = Backbone(name, layers, source, pooling, s.content_layers, s.style_layers)
-            _CACHE[key] = bb.to(dev).to(memory_format=torch.channels_last)
+            bb = bb.to(dev).to(memory_format=torch.channels_last)
+            if fast:
+                from .winograd import winogradize
+
+                bb.fast_convs = winogradize(bb.layers)
+            _CACHE[key] = bb
         return _CACHE[key]
 
 

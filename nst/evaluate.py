@@ -87,7 +87,7 @@ class Evaluator:
     def __init__(self, device: str | torch.device = "cpu", resolution: int = EVAL_RESOLUTION) -> None:
         self.device = torch.device(device)
         self.resolution = resolution
-        bb = backbones.get_backbone(EVAL_BACKBONE, EVAL_POOLING, None, self.device)
+        bb = backbones.get_backbone(EVAL_BACKBONE, EVAL_POOLING, None, self.device, fast_conv=False)
         self.extractor = FeatureExtractor(bb, EVAL_CONTENT_LAYERS + EVAL_STYLE_LAYERS, "fp32")
         self.cache = TargetCache(max_items=128)
         self.id = EVALUATOR_ID if resolution == EVAL_RESOLUTION else EVALUATOR_ID.replace(

@@ -188,6 +188,7 @@ def stylize(
         "weights_source": backbone.weights_source,
         "pretrained": backbone.pretrained,
         "pooling": backbone.pooling,
+        "winograd_layers": len(backbone.fast_convs),
         "content_layers": content_layers,
         "style_layers": style_layers,
         "content_size": list(content_img.shape[-2:]),
