@@ -7,8 +7,13 @@ unknown backbones or layers, negative weights and empty axes are reported
 with the YAML path of the offending entry, e.g.
 ``grids.demo.axes.backbone[2]: unknown backbone 'vgg99'``.
 
+Region methods (`nst.regions.METHODS`) take ``regions`` (a spec for
+`nst.segment.region_map`), ``coco`` (annotations of ``coco:`` specs) and
+``region_styles`` ({region: style image or keep}); other methods refuse them.
+
 Each cell gets a stable id: a hash of its resolved settings and of the bytes
-of its input files, so renaming a file keeps the id and editing it changes it.
+of its input files (mask and COCO files included), so renaming a file keeps
+the id and editing it changes it.
 Pure: no Prefect or MLflow here (the flows import this).
 """
 
@@ -27,10 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import backbones
 from .config import StyleConfig, make_config
-from .errors import ConfigError
+from .errors import ConfigError, NSTError
 
 #: Keys that are not StyleConfig fields but may appear in settings, axes and include entries.
-CELL_KEYS = ("content", "style", "weights", "backbone_weights", "method")
+CELL_KEYS = ("content", "style", "weights", "backbone_weights", "method", "regions", "coco", "region_styles")
+#: Keys that only region methods (`nst.regions.METHODS`) take.
+REGION_KEYS = ("regions", "coco", "region_styles")
 #: StyleConfig fields set through other keys (style mixes, loss weight sets, the runner's device).
 _INDIRECT = {"weights", "style_weights", "multi_style", "device"}
 CONFIG_KEYS = tuple(k for k in StyleConfig.model_fields if k not in _INDIRECT)
@@ -107,6 +114,9 @@ class Cell:
     config: StyleConfig
     labels: dict[str, str]  # axis -> short label, in axis order
     options: dict[str, Any] = field(default_factory=dict)  # grid-level: evaluate, eval_resolution, ...
+    #: Region methods only: {"spec": region spec (mask files absolute), "coco": annotations path or None,
+    #: "styles": {region name: style path or "keep"}}.
+    regions: Optional[dict[str, Any]] = None
 
     @property
     def name(self) -> str:
@@ -124,6 +134,7 @@ class Cell:
             "config": self.config.model_dump(mode="json"),
             "labels": dict(self.labels),
             "options": dict(self.options),
+            "regions": self.regions,
         }
 
     @classmethod
@@ -138,6 +149,7 @@ class Cell:
             config=make_config(**d["config"]),
             labels=dict(d["labels"]),
             options=dict(d.get("options", {})),
+            regions=d.get("regions"),
         )
 
 
@@ -279,6 +291,13 @@ def parse_entry(key: str, value: Any, where: str, base: Path, methods: Iterable[
         if value is None or value == "random":
             return str(value or "default"), {"weights": value}
         return Path(str(value)).name, {"weights": str(_file(value, where, base, "backbone weights"))}
+    if key == "regions":
+        return _parse_regions(value, where, base)
+    if key == "coco":
+        p = _file(value, where, base, "COCO annotations")
+        return p.name, {"coco": p}
+    if key == "region_styles":
+        return _parse_region_styles(value, where, base)
     if key == "method":
         if not isinstance(value, str) or (methods is not None and value not in set(methods)):
             known = f" (known: {', '.join(methods)})" if methods is not None else ""
@@ -304,6 +323,128 @@ def parse_entry(key: str, value: Any, where: str, base: Path, methods: Iterable[
     return label, {key: value}
 
 
+def _parse_regions(value: Any, where: str, base: Path) -> tuple[str, dict]:
+    """A region spec as `nst.segment.region_map` takes it; mask files resolved against the YAML's folder."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a region spec (coco:CATEGORY[,..], person, deeplab[:CLASS,..] "
+                          f"or a mask file), got {value!r}")
+    spec = value.strip()
+    head, _, rest = spec.partition(":")
+    if head == "coco":
+        cats = [c.strip() for c in rest.split(",") if c.strip()]
+        if not cats:
+            raise ConfigError(f"{where}: 'coco:' names no category (e.g. coco:person or coco:person,cup)")
+        return spec, {"regions": "coco:" + ",".join(cats)}
+    if head == "person":
+        if rest and rest not in ("general", "landscape", "auto"):
+            raise ConfigError(f"{where}: unknown person segmenter model '{rest}' (general, landscape, auto)")
+        return spec, {"regions": spec}
+    if head == "deeplab":
+        if rest:
+            from .segment import deeplab_classes
+
+            known = deeplab_classes()[1:]
+            for c in rest.split(","):
+                if c.strip() not in known:
+                    raise ConfigError(f"{where}: unknown DeepLabv3 class '{c.strip()}' (known: {', '.join(known)})")
+        return spec, {"regions": spec}
+    p = Path(spec).expanduser()
+    p = p if p.is_absolute() else base / p
+    if not p.is_file():
+        raise ConfigError(
+            f"{where}: region spec '{spec}' is neither coco:CATEGORY, person, deeplab[:CLASS,...] "
+            f"nor an existing mask file (looked at {p})"
+        )
+    return p.stem, {"regions": str(p.resolve())}
+
+
+def _parse_region_styles(value: Any, where: str, base: Path) -> tuple[str, dict]:
+    """{region name: style image or keep} ('*' = every region not named)."""
+    from .regions import KEEP
+
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where}: expected a mapping {{region name: style image or {KEEP}}}, got {value!r}")
+    styles: dict[str, str] = {}
+    for name, style in value.items():
+        name = str(name)
+        if style == KEEP:
+            styles[name] = KEEP
+        else:
+            styles[name] = str(_file(style, f"{where}.{name}", base, "style"))
+    if all(v == KEEP for v in styles.values()):
+        raise ConfigError(f"{where}: every region is '{KEEP}': nothing to stylise")
+    label = ",".join(f"{k}={'keep' if v == KEEP else Path(v).stem}" for k, v in styles.items())
+    return label, {"region_styles": styles}
+
+
+@functools.lru_cache(maxsize=64)
+def _coco_index(path: str, digest: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(image file names, category names) of a COCO annotations file, for checks before work starts."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return (frozenset(Path(i.get("file_name", "")).name for i in data.get("images", [])),
+            frozenset(c["name"] for c in data.get("categories", [])))
+
+
+def _region_names(spec: str) -> list[str] | None:
+    """The names a region map from `spec` will have (None when only the mask file can tell)."""
+    head, _, rest = spec.partition(":")
+    if head == "coco":
+        return ["background", *rest.split(",")]
+    if head == "person":
+        return ["background", "person"]
+    if head == "deeplab":
+        return ["background", *(rest.split(",") if rest else ["person"])]
+    from .segment import from_mask_file
+
+    rm = from_mask_file(spec)
+    return [*rm.names, *map(str, rm.values)]
+
+
+def _check_regions(cell_over: dict[str, Any], method: str, region_methods: tuple[str, ...],
+                   origin: dict[str, str], content: Path, what: str) -> Optional[dict[str, Any]]:
+    """Region keys of one cell: required by region methods, refused by the others; COCO checked."""
+    present = [k for k in REGION_KEYS if k in cell_over]
+    if method not in region_methods:
+        if present:
+            k = present[0]
+            raise ConfigError(f"{origin.get(k, what)}: '{k}' is only for the region methods "
+                              f"({', '.join(region_methods)}); this cell's method is '{method}' ({what})")
+        return None
+    m_where = origin.get("method", what)
+    missing = [k for k in ("regions", "region_styles") if k not in cell_over]
+    if missing:
+        raise ConfigError(f"{m_where}: region method '{method}' needs {' and '.join(missing)} "
+                          f"(a region map and a style per region) ({what})")
+    spec, styles = cell_over["regions"], cell_over["region_styles"]
+    coco = cell_over.get("coco")
+    if spec.startswith("coco:"):
+        if coco is None:
+            raise ConfigError(f"{origin['regions']}: '{spec}' needs 'coco' (a COCO annotations file) ({what})")
+        try:
+            files, cats = _coco_index(str(coco), file_digest(coco))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{origin['coco']}: COCO annotations {coco.name} cannot be read ({exc})") from None
+        if content.name not in files:
+            raise ConfigError(f"{origin['coco']}: content image '{content.name}' is not in {coco.name} "
+                              f"(matched by file name) ({what})")
+        for c in spec[5:].split(","):
+            if c not in cats:
+                raise ConfigError(f"{origin['regions']}: unknown COCO category '{c}' in {coco.name} ({what})")
+    elif coco is not None:
+        raise ConfigError(f"{origin['coco']}: 'coco' is only used with regions: coco:CATEGORY ({what})")
+    try:
+        names = _region_names(spec)
+    except NSTError as exc:  # an unreadable mask file or one with too many values
+        raise ConfigError(f"{origin['regions']}: {exc}") from None
+    from .regions import DEFAULT_KEY
+
+    for name in styles:
+        if name != DEFAULT_KEY and names is not None and name not in names:
+            raise ConfigError(f"{origin['region_styles']}.{name}: no region '{name}' in '{Path(spec).name}' "
+                              f"(regions: {', '.join(dict.fromkeys(names))}; '*' = every other region)")
+    return {"spec": spec, "coco": str(coco) if coco is not None else None, "styles": dict(styles)}
+
+
 # --------------------------------------------------------------------------- expansion
 
 
@@ -326,8 +467,12 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def cell_id(method: str, config: StyleConfig, content: Path, styles: list[Path]) -> str:
-    """Hash of the resolved settings and the input files' bytes (the device is not part of it)."""
+def cell_id(method: str, config: StyleConfig, content: Path, styles: list[Path],
+            regions: Optional[dict[str, Any]] = None) -> str:
+    """Hash of the resolved settings and the input files' bytes (the device is not part of it).
+
+    Region cells add their spec, the bytes of a mask or COCO file and the style of every region.
+    """
     cfg = config.model_dump(mode="json", exclude={"device"})
     for k in ("weights", "init"):
         v = cfg.get(k)
@@ -339,6 +484,13 @@ def cell_id(method: str, config: StyleConfig, content: Path, styles: list[Path])
         "content": file_digest(content),
         "styles": [file_digest(s) for s in styles],
     }
+    if regions is not None:
+        spec = regions["spec"]
+        payload["regions"] = {
+            "spec": "sha256:" + file_digest(Path(spec)) if Path(spec).is_absolute() else spec,
+            "coco": file_digest(Path(regions["coco"])) if regions.get("coco") else None,
+            "styles": {k: v if v == "keep" else file_digest(Path(v)) for k, v in regions["styles"].items()},
+        }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -354,6 +506,7 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None) ->
     base = exp.path.parent
     gp = f"grids.{name}"
     methods = tuple(methods) if methods is not None else None
+    from .regions import METHODS as region_methods
 
     # fixed settings: defaults < presets < settings, each remembered with its YAML path
     fixed: dict[str, tuple[Any, str]] = {}
@@ -374,8 +527,7 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None) ->
     for k, (v, where) in fixed.items():
         _, over = parse_entry(k, v, where, base, methods)
         base_over.update(over)
-        if k in ("content_layers", "style_layers"):
-            layers_from[k] = where
+        layers_from[k] = where  # where each setting came from, for per-cell messages
 
     # axes
     axes: list[tuple[str, list[tuple[str, dict, Any, str]]]] = []
@@ -445,28 +597,36 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None) ->
         origin = dict(layers_from)
         for k, _, o, _, w in combo:
             over.update(o)
-            if k in ("content_layers", "style_layers"):
-                origin[k] = w
+            origin[k] = w
         labels = {k: lab for k, lab, _, _, _ in combo}
         labels = {**{k: labels[k] for k in axis_names if k in labels},
                   **{k: v for k, v in labels.items() if k not in axis_names}}
         what = f"{gp} cell [{', '.join(f'{k}={v}' for k, v in labels.items())}]"
         if "content" not in over:
             raise ConfigError(f"{gp}: no content image (set settings.content or a content axis)")
+        method = over.pop("method", DEFAULT_METHOD)
+        content = over.pop("content")
+        region_over = {k: over.pop(k) for k in REGION_KEYS if k in over}
+        regions = _check_regions(region_over, method, region_methods, origin, content, what)
+        if regions is not None:
+            if "styles" in over:
+                raise ConfigError(f"{origin.get('style', what)}: region method '{method}' takes its styles from "
+                                  f"region_styles, not style ({what})")
+            over["styles"] = list(dict.fromkeys(Path(v) for v in regions["styles"].values() if v != "keep"))
         if "styles" not in over:
             raise ConfigError(f"{gp}: no style image (set settings.style or a style axis)")
-        method = over.pop("method", DEFAULT_METHOD)
-        content, styles = over.pop("content"), over.pop("styles")
+        styles = over.pop("styles")
         try:
             config = make_config(**over)
         except ConfigError as exc:
             raise ConfigError(f"{what}: {exc}") from None
         _check_layers(config, origin, what)
-        cid = cell_id(method, config, content, styles)
+        cid = cell_id(method, config, content, styles, regions)
         if cid in seen:
             continue
         seen.add(cid)
-        cells.append(Cell(name, len(cells), cid, method, content, list(styles), config, labels, dict(options)))
+        cells.append(Cell(name, len(cells), cid, method, content, list(styles), config, labels, dict(options),
+                          regions))
     if not cells:
         raise ConfigError(f"{gp}: no cells left (every combination is excluded)")
     return Grid(name, spec, cells, axis_names, exp.path)

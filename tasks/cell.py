@@ -31,6 +31,7 @@ from nst.evaluate import Evaluator
 from nst.experiments import Cell
 from nst.images import load_image, save_image
 from nst.optimize import StepInfo, StyleResult, style_size, stylize
+from nst.regions import METHODS as REGION_METHODS
 
 from . import tracking
 
@@ -61,6 +62,49 @@ def _gatys(cell: Cell, inputs: CellInputs, device: str, callback, image_every: i
     """Optimisation-based transfer; targets come from nst's process-wide cache (shared by cells)."""
     config = cell.config.replace(device=device)
     return stylize(inputs.content, inputs.styles, config, callback=callback, image_every=image_every)
+
+
+def _region_method(method: str) -> MethodFn:
+    """A localized-transfer method of `nst.regions` as a grid method (the region map is built per cell).
+
+    Besides the image it returns, in ``info``, the leakage metrics (``cell_metrics``: a function that
+    `run_cell` calls after the wall time is taken, only when the grid evaluates, like the evaluator's
+    scores) and the colourised region map (``cell_images``), which `run_cell` logs.
+    """
+
+    def run(cell: Cell, inputs: CellInputs, device: str, callback, image_every: int) -> StyleResult:
+        from nst.regions import leakage, stylize_regions
+        from nst.segment import RegionError, colorize, region_map
+
+        if not cell.regions:
+            raise NSTError(f"method '{method}' needs regions and region_styles in the cell")
+        r = cell.regions
+        config = cell.config.replace(device=device)
+        rm = region_map(r["spec"], inputs.content, content_path=cell.content, coco=r.get("coco"), device=device)
+        res = stylize_regions(inputs.content, rm, r["styles"], method, config, callback=callback,
+                              image_every=image_every)
+
+        def leak_metrics() -> dict[str, float]:
+            try:
+                leak = leakage(res.image, res.region_map, r["styles"],
+                               evaluator(device, int(cell.options.get("eval_resolution", 512))))
+            except RegionError:  # a single style: nothing can leak
+                return {}
+            metrics = {"leak_own": leak["own"], "leak_other": leak["other"], "leak_ratio": leak["ratio"]}
+            for name, fig in leak["regions"].items():
+                metrics.update({f"leak_own.{name}": fig["own"], f"leak_other.{name}": fig["other"]})
+            return metrics
+
+        res.info["cell_metrics"] = leak_metrics
+        res.info["cell_images"] = {"region_map.png": colorize(res.region_map)}
+        return res
+
+    run.__name__ = run.__qualname__ = f"_region_{method.replace('-', '_')}"
+    return run
+
+
+for _m in REGION_METHODS:
+    register_method(_m)(_region_method(_m))
 
 
 class CellCancelled(Exception):
@@ -153,6 +197,11 @@ def cell_params(cell: Cell) -> dict[str, Any]:
     cfg = cell.config.model_dump(mode="json", exclude={"device"})
     params = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cfg.items()}
     params.update(method=cell.method, content=cell.content.name, styles=",".join(s.name for s in cell.styles))
+    if cell.regions:
+        r = cell.regions
+        params.update(regions=Path(r["spec"]).name if Path(r["spec"]).is_absolute() else r["spec"],
+                      region_styles=",".join(f"{k}={'keep' if v == 'keep' else Path(v).name}"
+                                             for k, v in r["styles"].items()))
     return params
 
 
@@ -184,7 +233,9 @@ def _stylize_and_log(cell: Cell, device: str, run_id: str, progress: bool) -> No
     t0 = time.perf_counter()
     content = load_image(cell.content, size=cfg.size)
     styles = [load_image(s, size=style_size(content, cfg.style_scale)) for s in cell.styles]
-    stages = len(styles) if cfg.multi_style == "sequential" else 1
+    # one optimisation per style: sequential mixes, and the region methods that run once per style
+    per_style = cfg.multi_style == "sequential" or cell.method in ("per-region-composite", "portion")
+    stages = len(styles) if per_style else 1
     total = cfg.steps * stages
     n_images = int(cell.options.get("intermediate_images", 3))
     image_every = max(1, total // (n_images + 1)) if n_images and total > 1 else 0
@@ -211,6 +262,8 @@ def _stylize_and_log(cell: Cell, device: str, run_id: str, progress: bool) -> No
         res = METHODS[cell.method](cell, _inputs(content, styles), device, on_step, image_every)
     finally:
         bar.close()
+    extra_metrics: Callable[[], dict[str, float]] | None = res.info.pop("cell_metrics", None)
+    extra_images: dict[str, torch.Tensor] = res.info.pop("cell_images", {})
     wall = time.perf_counter() - t0
     peak_rss = max(peak_rss, proc.memory_info().rss)
     metrics: dict[str, float] = {
@@ -226,6 +279,8 @@ def _stylize_and_log(cell: Cell, device: str, run_id: str, progress: bool) -> No
     if cell.options.get("evaluate", True):
         ev = evaluator(device, int(cell.options.get("eval_resolution", 512)))
         metrics.update(ev.score(res.image, content, styles, cfg.style_weights).as_metrics())
+        if extra_metrics is not None:  # the method's own measurements (region leakage)
+            metrics.update(extra_metrics())
     step_metrics = [
         (int(h["step"]), {f"loss_{k}": v for k, v in h.items() if k not in ("step", "stage", "time")})
         for h in res.history
@@ -239,6 +294,8 @@ def _stylize_and_log(cell: Cell, device: str, run_id: str, progress: bool) -> No
     with tempfile.TemporaryDirectory(prefix="nst-cell-") as tmp:
         out = Path(tmp)
         save_image(res.image, out / "output.png")
+        for name, img in extra_images.items():
+            save_image(img, out / name)
         for step, img in frames:
             save_image(img, out / "intermediate" / f"step_{step:05d}.png")
         if res.history:

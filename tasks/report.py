@@ -18,17 +18,22 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from nst.images import atomic_write, save_image
+from nst.regions import METHODS as REGION_METHODS
 
 from . import tracking
 
 #: Metric columns first in this order (others follow alphabetically).
 METRIC_ORDER = (
     "eval_content_distance", "eval_style_distance", "eval_ssim",
+    "leak_ratio", "leak_own", "leak_other",
     "optimize_s", "s_per_step", "wall_s", "targets_s", "peak_rss_mb", "peak_gpu_mem_mb",
     "final_total", "final_content", "final_style", "final_tv",
 )
 TIMING = ("optimize_s", "s_per_step", "wall_s", "peak_rss_mb", "peak_gpu_mem_mb")
+LEAKAGE = ("leak_ratio", "leak_own", "leak_other")  # region methods (nst.regions.leakage)
 THUMB = 160
+#: Artifact of region-method cells, shown as the contact sheet's first column.
+REGION_MAP = "region_map.png"
 
 
 @dataclass
@@ -119,7 +124,7 @@ def to_html(df: pd.DataFrame, grid: str, thumbs: dict[str, str], extra: str = ""
 
 def summary(df: pd.DataFrame, by: str) -> pd.DataFrame:
     """Mean timing and evaluator metrics per value of one axis (e.g. seed 000's network timing table)."""
-    cols = [c for c in (*TIMING, "eval_content_distance", "eval_style_distance", "eval_ssim") if c in df]
+    cols = [c for c in (*TIMING, "eval_content_distance", "eval_style_distance", "eval_ssim", *LEAKAGE) if c in df]
     ok = df[df["status"] == "FINISHED"]
     out = ok.groupby(by, sort=False)[cols].mean() if cols and len(ok) else pd.DataFrame(columns=cols)
     out.insert(0, "cells", ok.groupby(by, sort=False).size() if len(ok) else 0)
@@ -132,8 +137,13 @@ def summary(df: pd.DataFrame, by: str) -> pd.DataFrame:
 
 
 def contact_sheet(df: pd.DataFrame, axes: list[str], images: dict[str, Path], rows: str | None, cols: str | None,
-                  path: Path, title: str) -> Path:
-    """Thumbnails on a labelled grid: rows and columns from the axes; other varying axes join the columns."""
+                  path: Path, title: str, region_maps: dict[str, Path] | None = None) -> Path:
+    """Thumbnails on a labelled grid: rows and columns from the axes; other varying axes join the columns.
+
+    With `region_maps` (cell id -> colourised region map) a first column shows each row's region map,
+    so the outputs can be judged against the regions they were meant to respect.
+    """
+    region_maps = region_maps or {}
     varying = [a for a in axes if df[a].nunique() > 1] if len(df) else []
     if rows is None and cols is None:
         rows, cols = (varying[0], varying[1]) if len(varying) >= 2 else (None, varying[0] if varying else None)
@@ -141,34 +151,48 @@ def contact_sheet(df: pd.DataFrame, axes: list[str], images: dict[str, Path], ro
     row_keys = list(pd.unique(df[rows])) if rows else [""]
     col_key = (lambda r: " | ".join(str(r[a]) for a in col_axes)) if col_axes else (lambda r: "")
     col_keys = list(dict.fromkeys(col_key(r) for _, r in df.iterrows())) or [""]
+    lead = 1 if region_maps else 0  # the region-map column
     font = ImageFont.load_default(size=12)
     label_w = 110 if rows else 0
     header_h = 34
     pad = 4
-    W = label_w + len(col_keys) * (THUMB + pad) + pad
+    W = label_w + (lead + len(col_keys)) * (THUMB + pad) + pad
     H = 24 + header_h + len(row_keys) * (THUMB + pad) + pad
     sheet = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, 4), title[:120], fill="black", font=font)
+    if lead:
+        draw.text((label_w + pad, 24), "region map", fill="black", font=font)
     for j, ck in enumerate(col_keys):
-        draw.text((label_w + pad + j * (THUMB + pad), 24), _wrap(ck, 24), fill="black", font=font)
+        draw.text((label_w + pad + (lead + j) * (THUMB + pad), 24), _wrap(ck, 24), fill="black", font=font)
     for i, rk in enumerate(row_keys):
         y = 24 + header_h + i * (THUMB + pad)
         if rows:
             draw.text((pad, y + THUMB // 2 - 8), _wrap(str(rk), 15), fill="black", font=font)
+        if lead:
+            in_row = df[df[rows] == rk] if rows else df
+            rm = next((region_maps[c] for c in in_row["cell_id"] if c in region_maps), None)
+            if rm is not None:
+                _paste(sheet, rm, label_w + pad, y)
         for j, ck in enumerate(col_keys):
-            x = label_w + pad + j * (THUMB + pad)
+            x = label_w + pad + (lead + j) * (THUMB + pad)
             match = df[(df[rows] == rk if rows else True) & (df.apply(col_key, axis=1) == ck)] if len(df) else df
             if len(match) and match.iloc[0]["cell_id"] in images:
-                im = Image.open(images[match.iloc[0]["cell_id"]]).convert("RGB")
-                scale = THUMB / max(im.size)  # fit the tile, enlarging tiny outputs too
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
-                sheet.paste(im, (x + (THUMB - im.width) // 2, y + (THUMB - im.height) // 2))
+                _paste(sheet, images[match.iloc[0]["cell_id"]], x, y)
             else:
                 draw.rectangle([x, y, x + THUMB, y + THUMB], fill=(230, 230, 230))
                 status = match.iloc[0]["status"] if len(match) else "missing"
                 draw.text((x + 8, y + THUMB // 2 - 8), status, fill=(160, 0, 0), font=font)
     return save_image(sheet, path)
+
+
+def _paste(sheet: Image.Image, src: Path, x: int, y: int) -> None:
+    """One image fitted (enlarged too) and centred in the THUMB tile at (x, y)."""
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        scale = THUMB / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
+    sheet.paste(im, (x + (THUMB - im.width) // 2, y + (THUMB - im.height) // 2))
 
 
 def _wrap(s: str, width: int) -> str:
@@ -188,14 +212,19 @@ def build_report(grid: str, exp_id: str, out_dir: Path, cell_ids: list[str] | No
     img_dir = out_dir / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     images: dict[str, Path] = {}
+    region_maps: dict[str, Path] = {}
+    region_cells = set(df.loc[df["method"].isin(REGION_METHODS), "cell_id"]) if "method" in df else set()
     for _, r in df[df["status"] == "FINISHED"].iterrows():
-        dst = img_dir / f"{r['cell_id']}.png"
-        try:
-            got = Path(c.download_artifacts(r["run_id"], "output.png", str(out_dir / ".download")))
-            got.replace(dst)
-            images[r["cell_id"]] = dst
-        except Exception:  # artifact store unreachable: the table still gets written
-            continue
+        for artifact, dst, into in (("output.png", img_dir / f"{r['cell_id']}.png", images),
+                                    (REGION_MAP, img_dir / f"{r['cell_id']}_regions.png", region_maps)):
+            if artifact == REGION_MAP and r["cell_id"] not in region_cells:
+                continue
+            try:
+                got = Path(c.download_artifacts(r["run_id"], artifact, str(out_dir / ".download")))
+                got.replace(dst)
+                into[r["cell_id"]] = dst
+            except Exception:  # artifact store unreachable: the table still gets written
+                continue
     extra = ""
     if summary_by and summary_by in df:
         sm = summary(df, summary_by)
@@ -209,7 +238,7 @@ def build_report(grid: str, exp_id: str, out_dir: Path, cell_ids: list[str] | No
     page = to_html(df, grid, {k: f"images/{v.name}" for k, v in images.items()}, extra)
     rep.files["table.html"] = atomic_write(out_dir / "table.html", lambda t: Path(t).write_text(page))
     rep.files["contact_sheet.png"] = contact_sheet(
-        df, axes, images, rows, cols, out_dir / "contact_sheet.png", f"grid {grid}: {len(df)} cells"
+        df, axes, images, rows, cols, out_dir / "contact_sheet.png", f"grid {grid}: {len(df)} cells", region_maps
     )
     if parent_run_id:
         for name, p in rep.files.items():
