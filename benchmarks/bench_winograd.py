@@ -294,7 +294,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--layers", nargs="*", default=None, help="only these layers (default: all)")
     ap.add_argument("--no-stack", action="store_true", help="skip the whole-VGG19 timing")
-    ap.add_argument("--min-channels", type=int, default=DEFAULT_MIN_CHANNELS, help="winogradize rule for the stack")
+    ap.add_argument(
+        "--min-channels",
+        type=float,
+        default=DEFAULT_MIN_CHANNELS,
+        help="winogradize rule for the stack: minimum harmonic mean of in/out channels",
+    )
     ap.add_argument("--no-fp64", action="store_true", help="skip the fp64 reference for the stack errors")
     ap.add_argument("--check-only", action="store_true", help="only run the correctness checks")
     ap.add_argument("--median", action="store_true", help="report medians instead of minima")

@@ -18,10 +18,10 @@ Implementation notes (each choice was measured, see the benchmark):
 * Data stays NHWC (channels_last) so channels are the contiguous GEMM axis:
   V is ``[36, tiles, C]``, U ``[36, C, K]``, one ``torch.bmm``.
 * The transforms are separable 1-D passes written as a handful of fused
-  ``torch.add(.., alpha=..)`` ops on strided views.  That beats both a 36x36
-  Kronecker GEMM and a tile gather + GEMM by ~2x, because MKL runs GEMMs with
-  6- or 36-wide inner dimensions far below peak and the gather is a copy
-  anyway.
+  ``torch.add(.., alpha=..)`` ops on strided views (14 per 1-D input pass,
+  10 per output pass).  For the input transform that beats a tile gather +
+  36x36 Kronecker GEMM by 1.5-4x: MKL runs GEMMs with a 36-wide inner
+  dimension far below peak, and the gather is an extra copy anyway.
 * The image is processed in bands of tile rows sized so that the band's V and
   M stay in cache, with all scratch buffers allocated once per call and the
   input read in place (only the top and bottom bands get a zero-padded copy).
@@ -32,21 +32,20 @@ Implementation notes (each choice was measured, see the benchmark):
   every output pixel (1/36 of a pass instead of a full pass over the output).
 * Backward w.r.t. the input is the full correlation of grad_output with the
   rotated, in/out-transposed kernel, i.e. the same pad-1 Winograd conv with
-  precomputed ``U_bwd``.  Nothing is saved for backward (weights are frozen),
-  which also saves the activation memory oneDNN would keep for its weight
-  gradient.
+  precomputed ``U_bwd``; the autograd node saves no tensors.
 
 Measured (2-core AVX2 EPYC, idle, VGG19 at 512x384, fwd + input-bwd): 2.2-2.9x
-on the 256/512-channel layers, 1.4-1.8x on the 128-channel ones, ~1.1x on
-conv1_2, 0.4x on conv1_1 (3 input channels, skipped by `winogradize`); the
+on the 256/512-channel layers, 1.5-1.8x on the 128-channel ones, 0.9-1.1x
+on conv1_2 and 0.2x on conv1_1 (both left to oneDNN by `winogradize`); the
 whole stack to relu5_1 ~1.9x.  F(2x2, 3x3) gives 1.3x.  Errors vs an fp64
 reference are ~1e-5 (max, relative to max |ref|) against ~2e-6 for oneDNN.
 
 Caveat: one layer is ~50 small multi-threaded ops per band.  When other
-processes compete for the cores, OpenMP barriers stall on descheduled
-threads and this path can get several times *slower* than oneDNN's few
-large kernels; with ``torch.set_num_threads(1)`` per process it stays ~1.9x
-faster.  Allocating big tensors on transparent huge pages
+processes compete for the cores, every op's OpenMP barrier waits for a
+descheduled thread, and this path got 2-8x *slower* than oneDNN's few large
+kernels (measured with ~50% of the CPUs busy elsewhere).  Single-threaded
+(``torch.set_num_threads(1)``, e.g. one process per core) there are no
+barriers and it measured 1.9x faster than oneDNN on the whole stack.  Allocating big tensors on transparent huge pages
 (``THP_MEM_ALLOC_ENABLE=1``) removes most first-touch page-fault time for
 both paths.
 
@@ -374,27 +373,38 @@ def unsupported_reason(conv: nn.Module) -> str | None:
     return None
 
 
-# Measured rule (benchmarks/bench_winograd.py, 2-core AVX2 EPYC, 512x384 VGG19):
-# every 3x3 layer with >= 64 input and output channels is faster with
-# F(4x4, 3x3) (conv1_2 only ~1.1x); the 3-input-channel first layer is 2-2.5x
-# slower (its direct conv is cheap, the transforms are not).
-DEFAULT_MIN_CHANNELS = 64
+def channel_hmean(conv: nn.Conv2d) -> float:
+    """Harmonic mean of in/out channels, 2CK/(C+K): what the Winograd speed-up follows.
+
+    Per tile the GEMM does work proportional to C*K while the transforms move
+    data proportional to C+K, so their ratio decides whether the 4x fewer
+    multiplies outweigh the extra passes over memory.
+    """
+    c, k = conv.in_channels, conv.out_channels
+    return 2.0 * c * k / (c + k)
+
+
+# Measured (benchmarks/bench_winograd.py, 2-core AVX2 EPYC, VGG19 at 512x384,
+# fwd + input-bwd), speed-up vs channel_hmean: 3 (conv1_1) 0.2x, 64 (conv1_2)
+# 0.9-1.1x, 85 (conv2_1) 1.1-1.4x, 128 1.5x, 171 1.75x, 256 2.15x, 341 2.4x,
+# 512 2.3-2.9x.  The threshold keeps conv1_2, a wash, on oneDNN.
+DEFAULT_MIN_CHANNELS = 80.0
 
 
 def winogradize(
     module: nn.Module,
-    min_channels: int = DEFAULT_MIN_CHANNELS,
+    min_channels: float = DEFAULT_MIN_CHANNELS,
     tile: int = 4,
     include: Callable[[str, nn.Conv2d], bool] | None = None,
 ) -> list[str]:
     """Replace eligible 3x3 convs inside ``module`` (recursively, in place) by `WinogradConv2d`.
 
-    A conv is replaced when `unsupported_reason` is None, both its channel
-    counts are >= ``min_channels``, and ``include(name, conv)`` (if given)
-    agrees.  Returns the qualified names replaced.  Works for ModuleDict,
-    Sequential and plain attributes alike.  Call it on a frozen CPU fp32
-    model; the replaced layers still work (via F.conv2d) if the model later
-    moves device/dtype or runs under autocast.
+    A conv is replaced when `unsupported_reason` is None, its `channel_hmean`
+    is >= ``min_channels``, and ``include(name, conv)`` (if given) agrees.
+    Returns the qualified names replaced.  Works for ModuleDict, Sequential and
+    plain attributes alike.  Call it on a frozen CPU fp32 model; the replaced
+    layers still work (via F.conv2d) if the model later moves device/dtype or
+    runs under autocast.
     """
     replaced: list[str] = []
     for parent_name, parent in list(module.named_modules()):
@@ -403,7 +413,7 @@ def winogradize(
             if unsupported_reason(child) is not None:
                 continue
             assert isinstance(child, nn.Conv2d)
-            if min(child.in_channels, child.out_channels) < min_channels:
+            if channel_hmean(child) < min_channels:
                 continue
             if include is not None and not include(full, child):
                 continue
@@ -419,5 +429,6 @@ __all__ = [
     "transform_weight",
     "backward_weight",
     "unsupported_reason",
+    "channel_hmean",
     "DEFAULT_MIN_CHANNELS",
 ]

@@ -28,7 +28,7 @@ def test_matches_direct_conv_and_its_input_gradient(shape) -> None:
 
 def test_winogradize_swaps_only_eligible_convs() -> None:
     net = nn.Sequential(
-        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, stride=2)
+        nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1), nn.Conv2d(128, 128, 3, stride=2)
     ).requires_grad_(False)
     replaced = winogradize(net)
     assert replaced == ["2"]  # 3-channel input conv and the strided conv stay direct
