@@ -108,7 +108,10 @@ def _wait_http(url: str, procs: list[subprocess.Popen], timeout: float = 120) ->
                     return
         except OSError:
             pass
-        time.sleep(0.5)
+        try:  # wait on the server process itself: returns early if it dies
+            procs[-1].wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
     raise AssertionError(f"{url} did not come up in {timeout}s")
 
 

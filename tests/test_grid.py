@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -149,13 +148,14 @@ def test_device_leases_never_share_a_device():
     busy: dict[str, int] = {"cuda:0": 0, "cuda:1": 0}
     worst = []
     lock = threading.Lock()
+    both_held = threading.Barrier(2, timeout=10)  # forces two cells to hold leases at the same time
 
     def cell():
         with pool.lease() as dev:
             with lock:
                 busy[dev] += 1
                 worst.append(busy[dev])
-            time.sleep(0.01)
+            both_held.wait()
             with lock:
                 busy[dev] -= 1
 
