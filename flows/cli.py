@@ -40,6 +40,22 @@ def add_commands(sub) -> None:
     ls.set_defaults(func=cmd_list)
 
 
+    rr = sub.add_parser("reproduce", help="regenerate the source reports' figures into reports/REPORT.md",
+                        description="Run the grids behind each report figure (Prefect, tracked in MLflow), draw "
+                                    "the figures and tables, and write reports/REPORT.md.")
+    which = rr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--figure", action="append", metavar="NAME", help="a figure (repeatable; see --list)")
+    which.add_argument("--all", action="store_true", help="every figure whose method exists here")
+    which.add_argument("--list", action="store_true", help="list the figures and whether they can be made")
+    rr.add_argument("--quick", action="store_true", help="small CPU variant (minutes on 2 cores)")
+    rr.add_argument("--file", default=DEFAULT_FILE, help="experiments file with the figures section")
+    rr.add_argument("--workers", type=int, help="cells at a time (default: one per GPU, else 1 on CPU)")
+    rr.add_argument("--reports", help="reports folder (default ./reports, or $NST_REPORTS)")
+    rr.add_argument("--quiet", action="store_true", help="no progress bars")
+    rr.add_argument("--verbose", action="store_true", help="show Prefect's INFO logs")
+    rr.set_defaults(func=cmd_reproduce)
+
+
 def _env(verbose: bool = False) -> None:
     from tasks.settings import OFFLINE_ENV
 
@@ -126,4 +142,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"grid {args.grid}: {out['cells']} cells")
     for k, v in out["report"].items():
         print(f"  {k:18s} {v}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    _env(args.verbose)
+    from tasks.settings import configure
+
+    uri = configure()
+    from flows.reproduce import availability
+
+    available = availability(args.file, args.quick)  # validates every figure's grids before any work
+    if args.list:
+        from nst.experiments import load_experiments
+
+        for name, spec in load_experiments(args.file).figures.items():
+            state = "ok" if available[name] is None else f"cannot be made: {available[name]}"
+            print(f"{name}: {spec.title} [grids {', '.join(spec.grids)}] {state}")
+        return 0
+    from flows.reproduce import reproduce_flow
+    from tasks.cell import default_devices
+
+    out = reproduce_flow(str(Path(args.file).resolve()), None if args.all else args.figure, args.quick,
+                         devices=default_devices(args.workers), reports_dir=args.reports, progress=not args.quiet)
+    print(f"made {len(out['figures'])} figures: {', '.join(out['figures'])}")
+    for name, why in out["unavailable"].items():
+        print(f"  not made: {name}: {why}")
+    for line in out["failed_cells"]:
+        print(f"  failed cell {line}")
+    print(f"  report: {out['report']}")
+    print(f"  MLflow UI: mlflow ui --backend-store-uri {uri}")
     return 0

@@ -17,6 +17,7 @@ experiment are skipped.  Prefect's result cache is deliberately off
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,13 @@ from tasks.cell import CANCEL, METHODS, configure_devices, default_devices, styl
 CELL_DEPLOYMENT = "nst-cell/nst-cell"
 
 
-def plan(experiments: str | Path, grid: str) -> tuple[Grid, str | None, dict[str, str]]:
-    """The validated grid, its experiment id (None if it never ran) and its finished cells."""
-    g = load_grid(experiments, grid, METHODS)
+def plan(experiments: str | Path, grid: str, overrides: dict[str, Any] | None = None,
+         overrides_at: str = "overrides") -> tuple[Grid, str | None, dict[str, str]]:
+    """The validated grid, its experiment id (None if it never ran) and its finished cells.
+
+    `overrides` are settings laid over the grid's own (a report figure's quick/full variant).
+    """
+    g = load_grid(experiments, grid, METHODS, overrides, overrides_at)
     exp_id = tracking.experiment_id(grid, create=False)
     done = tracking.finished_cells(exp_id) if exp_id else {}
     return g, exp_id, done
@@ -59,13 +64,15 @@ def grid_flow(
     progress: bool = True,
     reports_dir: str | None = None,
     deployment: str = CELL_DEPLOYMENT,
+    overrides: dict[str, Any] | None = None,
+    overrides_at: str = "overrides",
 ) -> dict[str, Any]:
     """Run the missing cells of `grid` and write its comparison report; returns a summary."""
     from tqdm import tqdm
 
     if executor not in ("local", "deployment"):
         raise ConfigError(f"executor: unknown '{executor}' (local or deployment)")
-    g, _, done = plan(experiments, grid)
+    g, _, done = plan(experiments, grid, overrides, overrides_at)
     exp_id = tracking.experiment_id(grid)
     for run_id in tracking.close_abandoned_runs(exp_id):
         print(f"closed run {run_id} left RUNNING by a process that is gone (marked KILLED)")
@@ -74,6 +81,8 @@ def grid_flow(
     out_dir = Path(reports_dir or settings.reports_dir()) / grid
     tags = {"grid": grid, "nst.kind": "grid", "git_commit": tracking.git_commit(), "executor": executor,
             "experiments_file": str(g.source)}
+    if overrides:
+        tags["overrides"] = json.dumps(overrides, sort_keys=True, default=str)[:5000]
     results: list[dict[str, Any]] = []
     with tracking.tracked_run(exp_id, f"grid {grid}", tags) as parent_id:
         tracking.log_batch(parent_id, params={"cells": len(g.cells), "pending": len(pending),
@@ -96,6 +105,7 @@ def grid_flow(
         _prefect_table(grid, rep)
     return {
         "grid": grid, "experiment_id": exp_id, "parent_run_id": parent_id, "cells": len(g.cells),
+        "cell_ids": [c.cell_id for c in g.cells],
         "skipped": len(g.cells) - len(pending), "results": results, "report": {k: str(v) for k, v in rep.files.items()},
     }
 

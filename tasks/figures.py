@@ -1,0 +1,324 @@
+"""Report figures from grid runs: the panels of one figure and the REPORT.md that gathers them.
+
+A figure (``figures:`` in experiments.yaml) names grids and the panels to draw
+from their MLflow runs: the grid's contact sheet, a table of chosen columns,
+the per-axis summary, loss curves read back from the per-step metrics, grouped
+bars of final metrics, and per-cell image artifacts (e.g. a training evolution
+strip).  Everything is read from MLflow, so a figure can be redrawn from the
+tracked runs alone.  Each figure writes ``reports/figures/<name>/`` with its
+PNGs, ``figure.md`` (its section of the report) and ``figure.json``;
+`write_report` stitches the sections into ``reports/REPORT.md`` in the order of
+the YAML, listing the figures that have not been made yet.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from nst.experiments import Experiments, FigureSpec, Grid
+from nst.images import atomic_write, save_image
+
+from . import tracking
+from .report import Report, to_markdown
+
+#: Table columns shown when a figure does not choose (those present, in this order, after the axes).
+DEFAULT_COLUMNS = ("eval_content_distance", "eval_style_distance", "eval_ssim", "s_per_step", "wall_s")
+CURVE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+@dataclass
+class GridRun:
+    """One grid behind a figure: its cells as planned and its report from MLflow."""
+
+    grid: Grid
+    experiment_id: str
+    parent_run_id: str | None
+    report: Report
+
+
+def cell_label(row: pd.Series, axes: list[str]) -> str:
+    varying = [a for a in axes if a in row and pd.notna(row[a])]
+    return ", ".join(f"{row[a]}" for a in varying) or str(row.get("cell_id", ""))
+
+
+def varying_axes(df: pd.DataFrame, axes: list[str]) -> list[str]:
+    return [a for a in axes if a in df and df[a].nunique() > 1] or [a for a in axes if a in df][:1]
+
+
+# --------------------------------------------------------------------------- panels
+
+
+def table_md(df: pd.DataFrame, axes: list[str], columns: list[str] | None) -> tuple[str, list[str]]:
+    """The figure's table and the requested columns that no run has (reported, not silently dropped)."""
+    if columns is None:
+        cols = [*axes, *[c for c in DEFAULT_COLUMNS if c in df]]
+        if "error" in df and df["error"].notna().any():
+            cols += ["status", "error"]
+        missing: list[str] = []
+    else:
+        cols = [c for c in columns if c in df]
+        missing = [c for c in columns if c not in df]
+    return to_markdown(df[cols]), missing
+
+
+def loss_curves(runs: list[tuple[str, str]], terms: list[str], path: Path, title: str) -> Path | None:
+    """One subplot per loss term, one line per run (label, run id), from the logged per-step metrics."""
+    from matplotlib.figure import Figure
+
+    c = tracking.client()
+    data: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for label, run_id in runs:
+        for t in terms:
+            hist = sorted(c.get_metric_history(run_id, f"loss_{t}"), key=lambda m: m.step)
+            if hist:
+                data.setdefault(t, {})[label] = ([m.step for m in hist], [m.value for m in hist])
+    if not data:
+        return None
+    fig = Figure(figsize=(4.2 * len(data), 3.4), dpi=110)
+    for k, (t, lines) in enumerate(data.items()):
+        ax = fig.add_subplot(1, len(data), k + 1)
+        for j, (label, (xs, ys)) in enumerate(lines.items()):
+            ax.plot(xs, ys, label=label, color=CURVE_COLORS[j % len(CURVE_COLORS)], lw=1.4)
+        if all(y > 0 for _, ys in lines.values() for y in ys):
+            ax.set_yscale("log")
+        ax.set_title(f"{t} loss", fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.set_ylabel("weighted loss")
+        if len(lines) > 1 and k == len(data) - 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(title[:100], fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def bar_chart(df: pd.DataFrame, axes: list[str], metrics: list[str], path: Path, title: str) -> Path | None:
+    """Grouped bars: one group per finished cell, one bar per metric (e.g. own vs other-style leakage)."""
+    from matplotlib.figure import Figure
+
+    ok = df[df["status"] == "FINISHED"]
+    metrics = [m for m in metrics if m in ok and ok[m].notna().any()]
+    if ok.empty or not metrics:
+        return None
+    labels = [cell_label(r, varying_axes(df, axes)) for _, r in ok.iterrows()]
+    fig = Figure(figsize=(max(4.5, 1.1 * len(labels) * max(1, len(metrics)) / 2 + 2), 3.6), dpi=110)
+    ax = fig.add_subplot()
+    width = 0.8 / len(metrics)
+    for j, m in enumerate(metrics):
+        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(xs, ok[m].astype(float).tolist(), width, label=m, color=CURVE_COLORS[j % len(CURVE_COLORS)])
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels([lab[:22] for lab in labels], rotation=20, ha="right", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title[:100], fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def artifact_sheet(rows: list[tuple[str, Path]], path: Path, title: str, max_width: int = 1400) -> Path | None:
+    """Per-cell images (e.g. a training-evolution strip) stacked one per row under their labels."""
+    if not rows:
+        return None
+    font = ImageFont.load_default(size=13)
+    ims = []
+    for label, p in rows:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if im.width > max_width:
+                im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.LANCZOS)
+            ims.append((label, im))
+    pad, lab_h = 6, 20
+    W = max(im.width for _, im in ims) + 2 * pad
+    H = 26 + sum(lab_h + im.height + pad for _, im in ims) + pad
+    sheet = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 6), title[:140], fill="black", font=font)
+    y = 26
+    for label, im in ims:
+        draw.text((pad, y + 2), label[:160], fill=(40, 40, 40), font=font)
+        sheet.paste(im, (pad, y + lab_h))
+        y += lab_h + im.height + pad
+    return save_image(sheet, path)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Matplotlib figure -> PNG, atomically (no pyplot state: safe in worker threads)."""
+    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _download(run_id: str, artifact: str, dest: Path) -> Path | None:
+    try:
+        return Path(tracking.client().download_artifacts(run_id, artifact, str(dest)))
+    except Exception:  # the cell did not log it (failed, or another method): the panel says so
+        return None
+
+
+# --------------------------------------------------------------------------- one figure
+
+
+def build_figure(name: str, spec: FigureSpec, runs: list[GridRun], out_dir: Path, variant: str,
+                 command: str, experiments_file: Path) -> dict[str, Any]:
+    """Draw the figure's panels into `out_dir`, write figure.md / figure.json; returns the JSON record."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md: list[str] = [f"## {spec.title}", ""]
+    if spec.source:
+        md += [f"*Source: {spec.source}*", ""]
+    if spec.caption:
+        md += [spec.caption.strip(), ""]
+    images: list[str] = []
+    notes: list[str] = []
+    for gr in runs:
+        g, rep, df = gr.grid, gr.report, gr.report.table
+        gdir = out_dir / g.name
+        if df.empty:
+            notes.append(f"grid `{g.name}`: no runs")
+            continue
+        n_ok = int((df["status"] == "FINISHED").sum())
+        md += [f"**Grid `{g.name}`** ({len(df)} cells, {n_ok} finished; MLflow experiment "
+               f"`{tracking.experiment_name(g.name)}` (id {gr.experiment_id})"
+               + (f", parent run `{gr.parent_run_id}`" if gr.parent_run_id else "") + ")", ""]
+        if g.spec.description:
+            md += [f"> {' '.join(g.spec.description.split())}", ""]
+        for panel in spec.show:
+            rel = None
+            if panel == "sheet" and "contact_sheet.png" in rep.files:
+                rel = Path(rep.files["contact_sheet.png"]).relative_to(out_dir)
+            elif panel == "table":
+                table, missing = table_md(df, rep.axes, spec.columns)
+                md += [table]
+                if missing:
+                    notes.append(f"grid `{g.name}`: no run logged {', '.join(missing)}")
+            elif panel == "summary" and "summary.md" in rep.files:
+                md += [f"Summary by `{g.spec.summary_by}`:", "", Path(rep.files["summary.md"]).read_text()]
+            elif panel == "curves":
+                ok = df[df["status"] == "FINISHED"]
+                va = varying_axes(df, rep.axes)
+                p = loss_curves([(cell_label(r, va), r["run_id"]) for _, r in ok.iterrows()], spec.curves,
+                                gdir / "loss_curves.png", f"{spec.title} ({g.name})")
+                rel = p.relative_to(out_dir) if p else None
+            elif panel == "bars":
+                p = bar_chart(df, rep.axes, spec.bars, gdir / "bars.png", f"{', '.join(spec.bars)} ({g.name})")
+                rel = p.relative_to(out_dir) if p else None
+            elif panel == "artifacts":
+                va = varying_axes(df, rep.axes)
+                for art in spec.artifacts:
+                    rows = []
+                    for _, r in df[df["status"] == "FINISHED"].iterrows():
+                        got = _download(r["run_id"], art, gdir / ".download" / r["cell_id"])
+                        if got is not None:
+                            rows.append((cell_label(r, va), got))
+                    stem = Path(art).stem.replace("/", "_")
+                    p = artifact_sheet(rows, gdir / f"{stem}_by_cell.png", f"{art} ({g.name})")
+                    if p is None:
+                        notes.append(f"grid `{g.name}`: no cell logged the artifact `{art}`")
+                    else:
+                        rel = p.relative_to(out_dir)
+                        images.append(str(rel))
+                        md += [f"![{art}]({rel.as_posix()})", ""]
+                        rel = None
+            if rel is not None:
+                images.append(str(rel))
+                md += [f"![{panel}]({rel.as_posix()})", ""]
+    grids = ", ".join(f"`{gr.grid.name}`" for gr in runs)
+    md += ["Reproduce:", "", "```bash", command, "```", "",
+           f"Grids {grids} of `{experiments_file.name}`, {variant} variant "
+           f"(settings laid over each grid: `{json.dumps(getattr(spec, variant), sort_keys=True)}`).", ""]
+    if notes:
+        md += ["Notes: " + "; ".join(notes) + ".", ""]
+    record = {
+        "figure": name, "title": spec.title, "variant": variant, "command": command,
+        "grids": {gr.grid.name: {"experiment_id": gr.experiment_id, "parent_run_id": gr.parent_run_id,
+                                 "cells": len(gr.report.table)} for gr in runs},
+        "images": images, "notes": notes, "git_commit": tracking.git_commit(),
+        "made": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+    }
+    text = "\n".join(md).rstrip() + "\n"
+    atomic_write(out_dir / "figure.md", lambda t: Path(t).write_text(text, encoding="utf-8"))
+    atomic_write(out_dir / "figure.json", lambda t: Path(t).write_text(json.dumps(record, indent=1)))
+    c = tracking.client()
+    for gr in runs:  # the figure next to the runs it was drawn from, in the MLflow UI
+        if gr.parent_run_id:
+            for rel in images:
+                c.log_artifact(gr.parent_run_id, str(out_dir / rel), f"figures/{name}")
+    return record
+
+
+def machine() -> str:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {dev}, torch {torch.__version__}"
+
+
+# --------------------------------------------------------------------------- REPORT.md
+
+
+def write_report(exp: Experiments, figures_dir: Path, path: Path, available: dict[str, str | None]) -> Path:
+    """Gather every made figure's section, in the YAML's order, into REPORT.md.
+
+    `available` maps each figure to None when it can be made here, or the reason it cannot
+    (e.g. its method is not implemented); figures not made yet are listed with their command.
+    """
+    figures_dir = Path(figures_dir)
+    made, pending = [], []
+    for name, spec in exp.figures.items():
+        f = figures_dir / name / "figure.md"
+        if f.is_file():
+            rel = figures_dir.relative_to(path.parent) / name
+            text = f.read_text(encoding="utf-8")
+            text = _rebase_images(text, rel.as_posix())
+            rec = json.loads((figures_dir / name / "figure.json").read_text())
+            made.append((name, spec, text, rec))
+        else:
+            pending.append((name, spec, available.get(name)))
+    lines = [
+        "# nst-lab: the source reports' figures, reproduced",
+        "",
+        "Every figure and table below was regenerated by this project's own runs, tracked in MLflow "
+        "(`mlflow ui --backend-store-uri <tracking URI>`; each section names its experiment and parent run), "
+        "with the command under it. `--quick` variants are small CPU runs (minutes on 2 cores): they show "
+        "the method and the trend, not the reports' image quality; the full variants are for a GPU.",
+        "",
+        "```bash",
+        "nst reproduce --all --quick    # every figure, CPU-sized",
+        "nst reproduce --all            # every figure at the reports' sizes (GPU)",
+        "nst reproduce --figure NAME    # one figure (names below)",
+        "```",
+        "",
+        "| figure | variant | made | machine |",
+        "|---|---|---|---|",
+    ]
+    for name, spec, _, rec in made:
+        lines.append(f"| [{spec.title}](#{_anchor(spec.title)}) (`{name}`) | {rec['variant']} | {rec['made']} | "
+                     f"{rec['machine']} |")
+    for name, spec, why in pending:
+        lines.append(f"| {spec.title} (`{name}`) | not made | {why or 'run `nst reproduce --figure ' + name + '`'} | |")
+    lines.append("")
+    for _, _, text, _ in made:
+        lines += [text, ""]
+    page = "\n".join(lines).rstrip() + "\n"
+    return atomic_write(path, lambda t: Path(t).write_text(page, encoding="utf-8"))
+
+
+def _rebase_images(text: str, prefix: str) -> str:
+    """Image links of a figure.md (relative to its folder) made relative to REPORT.md."""
+    import re
+
+    return re.sub(r"!\[([^\]]*)\]\((?!https?:|/)([^)]+)\)", lambda m: f"![{m.group(1)}]({prefix}/{m.group(2)})", text)
+
+
+def _anchor(title: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9 -]", "", title.lower()).strip().replace(" ", "-")
