@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,8 @@ def build_figure(name: str, spec: FigureSpec, runs: list[GridRun], out_dir: Path
             if rel is not None:
                 images.append(str(rel))
                 md += [f"![{panel}]({rel.as_posix()})", ""]
+    for gr in runs:  # downloads were copied into the panels; the figure folder keeps only what it shows
+        shutil.rmtree(out_dir / gr.grid.name / ".download", ignore_errors=True)
     grids = ", ".join(f"`{gr.grid.name}`" for gr in runs)
     md += ["Reproduce:", "", "```bash", command, "```", "",
            f"Grids {grids} of `{experiments_file.name}`, {variant} variant "
