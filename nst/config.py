@@ -49,6 +49,13 @@ class StyleConfig(BaseModel):
     multi_style: MultiStyle = "blend"
     init: str = Field("content", description="content, noise, or an image file path")
     preserve_color: PreserveColor = None
+    photoreal_weight: float = Field(
+        0.0, ge=0, description="Luan et al.'s photorealism regulariser (matting Laplacian), 0 = off; nst.photoreal"
+    )
+    photoreal_epsilon: float = Field(1e-7, gt=0, description="matting Laplacian epsilon (images in [0, 1])")
+    photoreal_two_stage: bool = Field(
+        False, description="plain transfer for half the steps, then the regularised one from it (needs the weight)"
+    )
     seed: int = 0
     device: str = "auto"
     precision: Precision = "auto"

@@ -104,6 +104,12 @@ def stylize(
     config = config or StyleConfig()
     if not styles:
         raise ConfigError("at least one style image is required")
+    if config.photoreal_two_stage and config.photoreal_weight:  # plain, then regularised (nst.photoreal)
+        from .photoreal import stylize_two_stage
+
+        return stylize_two_stage(stylize, content, styles, config, callback=callback, log_every=log_every,
+                                 image_every=image_every, cache=cache, extra_terms=extra_terms,
+                                 style_masks=style_masks)
     if config.style_weights is not None and len(config.style_weights) != len(styles):
         raise ConfigError(f"style_weights: {len(config.style_weights)} weights for {len(styles)} styles")
     if style_masks is not None and len(style_masks) != len(styles):
@@ -152,6 +158,10 @@ def stylize(
         )
         for name, weight, term in extra_terms or []:
             loss_fn.add_term(name, weight, term)
+        if config.photoreal_weight:  # Luan et al.: Laplacian of the content at the size of the image optimised
+            from .photoreal import photoreal_term
+
+            loss_fn.add_term("photoreal", config.photoreal_weight, photoreal_term(stage.content, config))
         init = _initial_image(config, stage.content, generator, stage_idx)
         target_s += time.perf_counter() - t_targets
         out = _run(
