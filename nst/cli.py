@@ -58,6 +58,11 @@ def _add_stylize(sub) -> None:
     p.add_argument("--style-layers", nargs="+", help="default: the backbone's (relu1_1 .. relu5_1 for VGG)")
     p.add_argument("--init", help="content, noise, or an image file (default content)")
     p.add_argument("--preserve-color", choices=("luminance", "histogram"), help="keep the content's colours")
+    p.add_argument("--photoreal-weight", type=float,
+                   help="Luan et al.'s photorealism regulariser (photo-to-photo); ~1e4 recommended, 0 = off (default)")
+    p.add_argument("--photoreal-epsilon", type=float, help=f"its matting Laplacian epsilon (default {d('photoreal_epsilon')})")
+    p.add_argument("--photoreal-two-stage", action="store_true", default=None,
+                   help="plain transfer for half the steps, then the regularised one from its result")
     p.add_argument("--seed", type=int, help=f"default {d('seed')}")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
@@ -82,7 +87,7 @@ def _add_stylize(sub) -> None:
 CONFIG_OPTIONS = (
     "backbone", "weights", "pooling", "size", "style_scale", "steps", "optimizer", "lr", "content_weight",
     "style_weight", "tv_weight", "content_layers", "style_layers", "style_weights", "multi_style", "init",
-    "preserve_color", "seed", "device", "precision",
+    "preserve_color", "seed", "device", "precision", "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage",
 )
 
 
@@ -106,6 +111,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     # Load everything first: a bad file fails before any optimisation starts.
     content = load_image(args.content, size=config.size)
     styles = [load_image(s, size=style_size(content, config.style_scale)) for s in args.style]
+    if config.photoreal_two_stage and not config.photoreal_weight:
+        raise NSTError("--photoreal-two-stage needs --photoreal-weight > 0")
     if config.init not in ("content", "noise"):
         load_image(config.init)
     steps_total = config.steps * (len(styles) if config.multi_style == "sequential" else 1)
@@ -129,7 +136,12 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     )
     if args.evaluate:
         scores = evaluate(result.image, content, styles, config.style_weights)
-        print(json.dumps({k: v for k, v in scores.to_dict().items()}, indent=None))
+        extra = {}
+        if config.photoreal_weight:
+            from .photoreal import photoreal_energy
+
+            extra["photoreal_energy"] = photoreal_energy(result.image, content, config.photoreal_epsilon)
+        print(json.dumps({**scores.to_dict(), **extra}, indent=None))
     return 0
 
 

@@ -61,7 +61,13 @@ def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
 def _gatys(cell: Cell, inputs: CellInputs, device: str, callback, image_every: int) -> StyleResult:
     """Optimisation-based transfer; targets come from nst's process-wide cache (shared by cells)."""
     config = cell.config.replace(device=device)
-    return stylize(inputs.content, inputs.styles, config, callback=callback, image_every=image_every)
+    res = stylize(inputs.content, inputs.styles, config, callback=callback, image_every=image_every)
+    if config.photoreal_weight or any(k.startswith("photoreal") for k in cell.labels):
+        from nst.photoreal import photoreal_energy  # the regulariser's value of the output (weight 0 cells too)
+
+        res.info["cell_metrics"] = lambda: {
+            "photoreal_energy": photoreal_energy(res.image, inputs.content, config.photoreal_epsilon)}
+    return res
 
 
 def _region_method(method: str) -> MethodFn:

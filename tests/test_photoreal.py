@@ -116,3 +116,22 @@ def test_two_stages_plain_then_regularised(content48, starry48) -> None:
     # the regulariser is logged in both stages, and falls once it weighs in
     assert r.history[-1]["photoreal"] < 0.5 * r.history[6]["photoreal"]  # step 7: the stage-1 output
     assert photoreal_energy(r.image, content48) < 0.5 * photoreal_energy(plain.image, content48)
+
+
+def test_photoreal_grid_cells_log_the_energy_of_their_output_weight_zero_too() -> None:
+    from pathlib import Path
+
+    from nst.experiments import load_grid
+    from nst.images import load_image
+    from tasks.cell import CellInputs, _gatys
+
+    grid = load_grid(Path(__file__).resolve().parents[1] / "experiments.yaml", "photoreal",
+                     overrides={"size": 32, "steps": 2})
+    assert [(c.config.photoreal_weight > 0, c.config.photoreal_two_stage) for c in grid.cells] == [
+        (False, False), (True, False), (True, True)]
+    cell = grid.cells[0]  # the unregularised one
+    content = load_image(cell.content, size=32)
+    res = _gatys(cell, CellInputs(content, [load_image(cell.styles[0], size=32)]), "cpu", None, 0)
+    metrics = res.info["cell_metrics"]()
+    assert metrics == {"photoreal_energy": pytest.approx(photoreal_energy(res.image, content))}
+    assert metrics["photoreal_energy"] > 0
