@@ -88,10 +88,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # everything is validated here, before Prefect starts and before any work
     g, exp_id, done = plan(args.file, args.grid)
     if args.dry_run:
+        from nst.options import work
+
         for c in g.cells:
             mark = "skip (finished)" if c.cell_id in done else "run"
             print(f"{c.index:3d}  {c.cell_id}  {mark:15s}  {c.name}  [{c.method}, {c.config.backbone}, "
-                  f"{c.config.size}px, {c.config.steps} steps]")
+                  f"{c.config.size}px, {work(c.method, c.method_options, c.config.steps)}]")
         print(f"grid {args.grid}: {len(g.cells)} cells, {sum(c.cell_id in done for c in g.cells)} would be skipped; "
               f"tracking {uri}")
         return 0

@@ -33,11 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import backbones
 from .config import StyleConfig, make_config
 from .errors import ConfigError, NSTError
+from .options import OPTION_KEYS, PATH_KEYS, parse_option, resolve as resolve_options
 
 #: Keys that are not StyleConfig fields but may appear in settings, axes and include entries.
 CELL_KEYS = ("content", "style", "weights", "backbone_weights", "method", "regions", "coco", "region_styles")
 #: Keys that only region methods (`nst.regions.METHODS`) take.
 REGION_KEYS = ("regions", "coco", "region_styles")
+#: Keys of methods with options of their own (`nst.options`: fast, video), checked per cell against its method.
+CELL_KEYS += OPTION_KEYS
 #: StyleConfig fields set through other keys (style mixes, loss weight sets, the runner's device).
 _INDIRECT = {"weights", "style_weights", "multi_style", "device"}
 CONFIG_KEYS = tuple(k for k in StyleConfig.model_fields if k not in _INDIRECT)
@@ -145,6 +148,8 @@ class Cell:
     #: Region methods only: {"spec": region spec (mask files absolute), "coco": annotations path or None,
     #: "styles": {region name: style path or "keep"}}.
     regions: Optional[dict[str, Any]] = None
+    #: Methods with options of their own (`nst.options`: fast, video): the options this cell uses.
+    method_options: Optional[dict[str, Any]] = None
 
     @property
     def name(self) -> str:
@@ -163,6 +168,7 @@ class Cell:
             "labels": dict(self.labels),
             "options": dict(self.options),
             "regions": self.regions,
+            "method_options": self.method_options,
         }
 
     @classmethod
@@ -178,6 +184,7 @@ class Cell:
             labels=dict(d["labels"]),
             options=dict(d.get("options", {})),
             regions=d.get("regions"),
+            method_options=d.get("method_options"),
         )
 
 
@@ -253,12 +260,12 @@ def load_experiments(path: str | Path) -> Experiments:
 # --------------------------------------------------------------------------- entries
 
 
-def _file(value: Any, where: str, base: Path, what: str) -> Path:
+def _file(value: Any, where: str, base: Path, what: str, folder_ok: bool = False) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a {what} file path, got {value!r}")
     p = Path(value).expanduser()
     p = p if p.is_absolute() else (base / p)
-    if not p.is_file():
+    if not (p.is_file() or (folder_ok and p.is_dir())):
         raise ConfigError(f"{where}: {what} file '{value}' not found (looked at {p})")
     return p.resolve()
 
@@ -272,9 +279,12 @@ def parse_entry(key: str, value: Any, where: str, base: Path, methods: Iterable[
     if key not in ALLOWED_KEYS:
         hint = " (the network's weights are 'backbone_weights')" if key == "weights" else ""
         raise ConfigError(f"{where}: unknown key '{key}'{hint} (known: {', '.join(ALLOWED_KEYS)})")
-    if key == "content":
-        p = _file(value, where, base, "content")
+    if key == "content":  # an image, or a clip (video file or folder of frames) for video methods
+        p = _file(value, where, base, "content", folder_ok=True)
         return p.stem, {"content": p}
+    if key in OPTION_KEYS:
+        label, v = parse_option(key, value, where, base)
+        return label, {key: v}
     if key == "style":
         if isinstance(value, str):
             p = _file(value, where, base, "style")
@@ -485,8 +495,21 @@ def _matches(rule: dict[str, Any], raw: dict[str, Any], labels: dict[str, str]) 
 
 
 def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (name and size when big), or of a folder's files (a clip, a training set)."""
+    if path.is_dir():
+        return _folder_digest(path)
     st = path.stat()
     return _digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _folder_digest(path: Path) -> str:
+    """Relative names and bytes of every file below `path` (names and sizes only past 256 MB in all)."""
+    files = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*") if f.is_file())
+    sizes = [f.stat().st_size for _, f in files]
+    h = hashlib.sha256()
+    for (name, f), size in zip(files, sizes):
+        h.update(f"{name}:{size if sum(sizes) > 256 * 2**20 else file_digest(f)};".encode())
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -500,10 +523,11 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
 
 
 def cell_id(method: str, config: StyleConfig, content: Path, styles: list[Path],
-            regions: Optional[dict[str, Any]] = None) -> str:
+            regions: Optional[dict[str, Any]] = None, method_options: Optional[dict[str, Any]] = None) -> str:
     """Hash of the resolved settings and the input files' bytes (the device is not part of it).
 
-    Region cells add their spec, the bytes of a mask or COCO file and the style of every region.
+    Region cells add their spec, the bytes of a mask or COCO file and the style of every region;
+    cells with method options add them, with the bytes of the files and folders they name.
     """
     cfg = config.model_dump(mode="json", exclude={"device"})
     for k in ("weights", "init"):
@@ -523,6 +547,9 @@ def cell_id(method: str, config: StyleConfig, content: Path, styles: list[Path],
             "coco": file_digest(Path(regions["coco"])) if regions.get("coco") else None,
             "styles": {k: v if v == "keep" else file_digest(Path(v)) for k, v in regions["styles"].items()},
         }
+    if method_options is not None:
+        payload["method_options"] = {k: "sha256:" + file_digest(Path(v)) if k in PATH_KEYS and v else v
+                                     for k, v in method_options.items()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -646,6 +673,7 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
         method = over.pop("method", DEFAULT_METHOD)
         content = over.pop("content")
         region_over = {k: over.pop(k) for k in REGION_KEYS if k in over}
+        option_over = {k: over.pop(k) for k in OPTION_KEYS if k in over}
         regions = _check_regions(region_over, method, region_methods, origin, content, what)
         if regions is not None:
             if "styles" in over:
@@ -660,12 +688,15 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
         except ConfigError as exc:
             raise ConfigError(f"{what}: {exc}") from None
         _check_layers(config, origin, what)
-        cid = cell_id(method, config, content, styles, regions)
+        method_opts, ignored = resolve_options(method, option_over, origin, what, content=content, config=config,
+                                               n_styles=len(styles))
+        labels = {k: "-" if k in ignored else v for k, v in labels.items()}  # keys this cell's mode does not use
+        cid = cell_id(method, config, content, styles, regions, method_opts)
         if cid in seen:
             continue
         seen.add(cid)
         cells.append(Cell(name, len(cells), cid, method, content, list(styles), config, labels, dict(options),
-                          regions))
+                          regions, method_options=method_opts))
     if not cells:
         raise ConfigError(f"{gp}: no cells left (every combination is excluded)")
     return Grid(name, spec, cells, axis_names, exp.path)

@@ -450,3 +450,18 @@ def stylize_video(
     res = results[0]
     res.info.update(fps=float(info.fps), has_audio=info.has_audio, source_frames=info.frames)
     return res
+
+
+def film_strip(inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], n: int = 4, gap: int = 2) -> torch.Tensor:
+    """`n` evenly spaced frames side by side: the input frames on top, the stylised ones below."""
+    if not outputs:
+        raise NSTError("film strip: no frames")
+    k = min(n, len(outputs))
+    idx = sorted({round(i * (len(outputs) - 1) / max(k - 1, 1)) for i in range(k)})
+    h, w = outputs[0].shape[-2:]
+    strip = torch.ones(1, 3, 2 * h + gap, len(idx) * (w + gap) - gap)
+    for j, i in enumerate(idx):
+        x = j * (w + gap)
+        strip[..., :h, x : x + w] = resize(inputs[i].float().cpu(), (h, w)).clamp(0, 1)
+        strip[..., h + gap :, x : x + w] = outputs[i].float().cpu().clamp(0, 1)
+    return strip

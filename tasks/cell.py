@@ -29,8 +29,9 @@ from prefect import task
 from nst.errors import NSTError
 from nst.evaluate import Evaluator
 from nst.experiments import Cell
+from nst.options import describe as describe_options
 from nst.images import load_image, save_image
-from nst.optimize import StepInfo, StyleResult, style_size, stylize
+from nst.optimize import StepInfo, StyleResult, run_steps, style_size, stylize
 from nst.regions import METHODS as REGION_METHODS
 
 from . import tracking
@@ -41,20 +42,39 @@ from . import tracking
 
 @dataclass
 class CellInputs:
-    content: torch.Tensor
+    content: torch.Tensor  # the image the evaluator scores the output against (video: the last frame)
     styles: list[torch.Tensor]
+    frames: list[torch.Tensor] | None = None  # video methods: the clip's frames at the cell's size
+    steps: int | None = None  # progress units of the cell (default: optimisation steps)
+    run_id: str | None = None  # the cell's MLflow run, for methods that log while they run (training)
 
 
 MethodFn = Callable[[Cell, CellInputs, str, Callable[[StepInfo], None], int], StyleResult]
+InputsFn = Callable[[Cell], CellInputs]
 METHODS: dict[str, MethodFn] = {}
+#: How a method's inputs are read, when not as the content image and the style images (`load_inputs`).
+INPUTS: dict[str, InputsFn] = {}
 
 
-def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
+def register_method(name: str, inputs: InputsFn | None = None) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
         METHODS[name] = fn
+        if inputs is not None:
+            INPUTS[name] = inputs
         return fn
 
     return deco
+
+
+def load_inputs(cell: Cell) -> CellInputs:
+    """The content image at the cell's size and the styles scaled to it; steps = optimisation steps."""
+    cfg = cell.config
+    content = load_image(cell.content, size=cfg.size)
+    styles = [load_image(s, size=style_size(content, cfg.style_scale)) for s in cell.styles]
+    # one optimisation per style: sequential mixes, and the region methods that run once per style
+    per_style = cfg.multi_style == "sequential" or cell.method in ("per-region-composite", "portion")
+    steps = run_steps(cfg, tuple(content.shape[-2:]))  # every scale of a coarse-to-fine run
+    return CellInputs(content, styles, steps=steps * (len(styles) if per_style else 1))
 
 
 @register_method("gatys")
@@ -208,6 +228,8 @@ def cell_params(cell: Cell) -> dict[str, Any]:
         params.update(regions=Path(r["spec"]).name if Path(r["spec"]).is_absolute() else r["spec"],
                       region_styles=",".join(f"{k}={'keep' if v == 'keep' else Path(v).name}"
                                              for k, v in r["styles"].items()))
+    if cell.method_options:
+        params.update(describe_options(cell.method_options))
     return params
 
 
@@ -237,12 +259,10 @@ def _stylize_and_log(cell: Cell, device: str, run_id: str, progress: bool) -> No
 
     cfg = cell.config
     t0 = time.perf_counter()
-    content = load_image(cell.content, size=cfg.size)
-    styles = [load_image(s, size=style_size(content, cfg.style_scale)) for s in cell.styles]
-    # one optimisation per style: sequential mixes, and the region methods that run once per style
-    per_style = cfg.multi_style == "sequential" or cell.method in ("per-region-composite", "portion")
-    stages = len(styles) if per_style else 1
-    total = cfg.steps * stages
+    inputs = INPUTS.get(cell.method, load_inputs)(cell)
+    inputs.run_id = run_id
+    content, styles = inputs.content, inputs.styles
+    total = inputs.steps if inputs.steps is not None else cfg.steps
     n_images = int(cell.options.get("intermediate_images", 3))
     image_every = max(1, total // (n_images + 1)) if n_images and total > 1 else 0
 
@@ -265,7 +285,7 @@ def _stylize_and_log(cell: Cell, device: str, run_id: str, progress: bool) -> No
             frames.append((info.step, info.image))
 
     try:
-        res = METHODS[cell.method](cell, _inputs(content, styles), device, on_step, image_every)
+        res = METHODS[cell.method](cell, inputs, device, on_step, image_every)
     finally:
         bar.close()
     extra_metrics: Callable[[], dict[str, float]] | None = res.info.pop("cell_metrics", None)
@@ -362,3 +382,7 @@ def _task_run_name() -> str:
     c = task_run.parameters.get("cell")
     c = c.to_dict() if isinstance(c, Cell) else (c or {})
     return f"cell-{c.get('index', '?')}-{c.get('cell_id', '')[:8]}"
+
+
+# The feed-forward (`fast`) and video (`video`) methods live in tasks/media.py; importing it registers them.
+from . import media as _media  # noqa: E402,F401

@@ -22,7 +22,7 @@ import torch
 from prefect import task
 
 from nst.errors import NSTError
-from nst.fast.train import TrainStep, make_train_config, train
+from nst.fast.train import TrainResult, TrainStep, make_train_config, train
 from nst.images import save_image
 
 from . import tracking
@@ -62,6 +62,22 @@ def train_one(cfg: dict, exp_id: str, parent_run_id: str | None = None, progress
 
 
 def _train_and_log(config, run_id: str, tmp: Path, progress: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    res = train_logged(config, run_id, tmp, progress)
+    wall = time.perf_counter() - t0
+    tracking.log_batch(run_id, metrics={"wall_s": wall})
+    return {"train_s": res.timings["train_s"], "images_per_s": res.timings["images_per_s"], "wall_s": wall}
+
+
+def train_logged(config, run_id: str, tmp: Path, progress: bool = True, *, on_step=None,
+                 mlflow_model: bool = True) -> TrainResult:
+    """Train with `config`, recording into run `run_id` as it goes: per-step losses and images/s, the
+    validation image at every validation step, then the timings and final losses, `evolution.png`,
+    `loss_curve.png`, the model (`model/`) and, with `mlflow_model`, an MLflow pytorch model.
+
+    `on_step` sees every `TrainStep` too (grid cells use it for progress and Ctrl-C).  Used by
+    `train_one` and by the grid's feed-forward and video cells (`tasks.media`).
+    """
     from tqdm import tqdm
 
     client = tracking.client()
@@ -70,7 +86,7 @@ def _train_and_log(config, run_id: str, tmp: Path, progress: bool) -> dict[str, 
     bar = tqdm(total=config.steps, desc=f"train {Path(config.out or 'model').stem}", unit="step",
                disable=not progress, dynamic_ncols=True)
 
-    def on_step(info: TrainStep) -> None:
+    def _on_step(info: TrainStep) -> None:
         bar.update(info.step - bar.n)
         pending.append((info.step, {**{f"loss_{k}": v for k, v in info.losses.items()}, "images_per_s": info.images_per_s}))
         if info.val_image is not None:
@@ -80,16 +96,16 @@ def _train_and_log(config, run_id: str, tmp: Path, progress: bool) -> dict[str, 
         if len(pending) >= FLUSH_EVERY or info.step == info.total_steps:
             tracking.log_batch(run_id, step_metrics=list(pending))
             pending.clear()
+        if on_step is not None:
+            on_step(info)
 
-    t0 = time.perf_counter()
     try:
-        res = train(config, callback=on_step)
+        res = train(config, callback=_on_step)
     finally:
         bar.close()
     if pending:
         tracking.log_batch(run_id, step_metrics=pending)
-    wall = time.perf_counter() - t0
-    metrics = {"wall_s": wall, **{k: float(v) for k, v in res.timings.items()}}
+    metrics = {k: float(v) for k, v in res.timings.items()}
     if res.history:
         metrics.update({f"final_{k}": v for k, v in res.history[-1].items() if k not in ("step", "time", "style_index")})
     tracking.log_batch(run_id, metrics=metrics, tags={"weights_source": res.info["weights_source"],
@@ -108,8 +124,9 @@ def _train_and_log(config, run_id: str, tmp: Path, progress: bool) -> dict[str, 
     (model_dir / "config.json").write_text(json.dumps({"train": config.model_dump(mode="json"), "info": res.info,
                                                        "timings": res.timings}, indent=1, default=str))
     client.log_artifacts(run_id, str(art))
-    _log_mlflow_model(res.net, run_id, tmp / "mlflow_model")
-    return {"train_s": res.timings["train_s"], "images_per_s": res.timings["images_per_s"], "wall_s": wall}
+    if mlflow_model:
+        _log_mlflow_model(res.net, run_id, tmp / "mlflow_model")
+    return res
 
 
 def _log_mlflow_model(net, run_id: str, path: Path) -> None:

@@ -1,0 +1,215 @@
+"""The `fast` and `video` grid methods for real at tiny size through Prefect (test harness) and MLflow
+(temporary sqlite store), and their options' validation.
+
+* fast: a network trained in the cell on the bundled COCO subset, its falling per-step loss, evolution
+  images and model logged in the cell's run, the content stylised and scored;
+* video: independent, temporal (Ruder et al.) and network (`model` option) frames of the bundled Sintel
+  clip, the warping error as a table column, lower with the temporal loss than for independent frames;
+* a bad option is refused before any work with the YAML path of the entry to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from nst.errors import ConfigError
+from nst.experiments import load_grid
+
+DATA = Path(__file__).resolve().parents[1] / "nst" / "data"
+TINY = """
+      width: 8
+      n_residual: 1
+      content_layers: [relu2_2]
+      style_layers: [relu1_1, relu2_1, relu3_1]
+      train_images: {data}/coco/train
+      train_coco: {data}/coco/train/train_subset.json
+"""
+GRIDS = """
+grids:
+  fast:
+    settings:
+      method: fast
+      content: {data}/images/tubingen.jpg
+      style: {data}/images/starry_night.jpg
+      size: 48
+      train_steps: 10
+      val_every: 5{tiny}
+    axes:
+      norm: [batch]  # keep the test short: instance norm is the default, used by `nst train`'s tests
+    eval_resolution: 64
+  video:
+    settings:
+      method: video
+      content: {data}/video/sintel
+      style: {data}/images/starry_night.jpg
+      frames: 3
+      steps: 10
+      frame_steps: 6
+      size: 48{tiny}
+      model: {model}
+    axes:
+      mode: [independent, temporal, fast]
+      temporal_weight: [200]
+    eval_resolution: 64
+    summary_by: mode
+"""
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """One temporary MLflow store for both grids (creating its tables takes seconds)."""
+    from nst.fast.network import NetConfig, TransformNet, save_model
+
+    tmp = tmp_path_factory.mktemp("fast-video")
+    torch.manual_seed(0)  # the video grid's fast mode applies this (untrained) network: the `model` option
+    model = save_model(TransformNet(NetConfig(width=4, n_residual=1)), tmp / "net.pt", ["starry_night"])
+    (tmp / "exp.yaml").write_text(GRIDS.format(data=DATA, tiny=TINY.format(data=DATA).rstrip(), model=model))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NST_HOME", str(tmp / "home"))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'home' / 'mlflow.db'}")
+        mp.delenv("NST_ARTIFACT_ROOT", raising=False)
+        yield tmp
+
+
+def _run(home: Path, grid: str) -> dict:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.grid import grid_flow
+
+    flow = grid_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    return flow(str(home / "exp.yaml"), grid, devices=["cpu"], progress=False, reports_dir=str(home / "reports"))
+
+
+def _client(home: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{home / 'home' / 'mlflow.db'}")
+
+
+def test_fast_grid_trains_logs_and_scores(home: Path, prefect_server):
+    out = _run(home, "fast")
+    assert [r["status"] for r in out["results"]] == ["FINISHED"], out["results"]
+    client = _client(home)
+    exp = client.get_experiment_by_name("nst-grid/fast")
+    cells = [r for r in client.search_runs([exp.experiment_id]) if "cell_id" in r.data.tags]
+    assert [r.data.params["norm"] for r in cells] == ["batch"]
+    for run in cells:
+        rid, m = run.info.run_id, run.data.metrics
+        assert run.data.params["train_steps"] == "10" and run.data.params["train_images"] == "train"
+        losses = [x.value for x in sorted(client.get_metric_history(rid, "loss_total"), key=lambda x: x.step)]
+        assert len(losses) == 10
+        assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses  # the network learns
+        assert m["train_s"] > 0 and m["images_per_s"] > 0 and m["wall_s"] >= m["train_s"]
+        assert {"eval_content_distance", "eval_style_distance", "eval_ssim"} <= set(m)
+        arts = {a.path for a in client.list_artifacts(rid)}
+        assert {"output.png", "evolution.png", "loss_curve.png", "cell.json"} <= arts
+        assert [a.path for a in client.list_artifacts(rid, "evolution")] == [
+            "evolution/step_000005.png", "evolution/step_000010.png"]
+        assert "model/model.pt" in {a.path for a in client.list_artifacts(rid, "model")}
+    table = pd.read_csv(home / "reports" / "fast" / "table.csv")
+    assert {"norm", "train_s", "images_per_s", "eval_style_distance", "wall_s"} <= set(table)
+    assert table[["train_s", "images_per_s", "eval_style_distance"]].notna().all().all()
+    assert (home / "reports" / "fast" / "contact_sheet.png").is_file()
+
+
+def test_video_grid_warping_error_column_and_temporal_consistency(home: Path, prefect_server):
+    out = _run(home, "video")
+    assert [r["status"] for r in out["results"]] == ["FINISHED"] * 3, out["results"]
+    rep = home / "reports" / "video"
+    table = pd.read_csv(rep / "table.csv")
+    assert {"mode", "temporal_weight", "warping_error", "frames", "frames_per_s"} <= set(table)
+    err = dict(zip(table["mode"], table["warping_error"]))
+    assert set(err) == {"independent", "temporal", "fast"} and all(v > 0 for v in err.values())
+    assert err["temporal"] < 0.5 * err["independent"], err
+    assert (table["frames"] == 3).all()
+    assert dict(zip(table["mode"], table["temporal_weight"].astype(str)))["independent"] == "-"  # not used
+    assert "warping_error" in (rep / "summary.md").read_text()
+
+    client = _client(home)
+    for rid, mode in zip(table["run_id"], table["mode"]):
+        arts = {a.path for a in client.list_artifacts(rid)}
+        assert {"output.mp4", "strip.png", "output.png"} <= arts, (mode, arts)
+        params = client.get_run(rid).data.params
+        assert params["mode"] == mode and ("model" in params) == (mode == "fast")  # fast: the given network
+        assert "train_steps" not in params  # training keys: unused with a model, not logged
+        info = json.loads(Path(client.download_artifacts(rid, "cell.json", str(home / "dl" / rid))).read_text())
+        assert len(info["info"]["frame_warping_errors"]) == 2
+    from nst.video import count_frames
+
+    mp4 = client.download_artifacts(table["run_id"][0], "output.mp4", str(home / "dl" / "mp4"))
+    assert count_frames(mp4) == 3
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _grid(tmp_path: Path, body: str, name: str = "g"):
+    (tmp_path / "e.yaml").write_text("grids:\n  g:\n" + textwrap.indent(textwrap.dedent(body), "    "))
+    return load_grid(tmp_path / "e.yaml", name)
+
+
+VIDEO = f"""
+settings:
+  method: video
+  content: {DATA}/video/sintel
+  style: {DATA}/images/starry_night.jpg
+  size: 32
+"""
+
+
+def test_bad_options_name_their_yaml_path(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"^grids\.g\.axes\.mode\[1\]: Input should be 'independent', 'temporal' "
+                                          r"or 'fast'"):
+        _grid(tmp_path, VIDEO + "axes:\n  mode: [independent, temporl]\n")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.axes\.temporal_weight\[0\]: Input should be greater than or "
+                                          r"equal to 0"):
+        _grid(tmp_path, VIDEO + "axes:\n  temporal_weight: [-1]\n")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.settings\.temporal_wieght: unknown key 'temporal_wieght'"):
+        _grid(tmp_path, VIDEO + "  temporal_wieght: 3\n")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.settings\.train_images: train_images folder 'nope' not found"):
+        _grid(tmp_path, VIDEO + "  train_images: nope\n")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.settings\.content: method 'video' takes a clip"):
+        _grid(tmp_path, VIDEO.replace("video/sintel", "images/tubingen.jpg"))
+    with pytest.raises(ConfigError, match=r"^grids\.g\.axes\.mode\[1\]: a feed-forward network needs train_images"):
+        _grid(tmp_path, VIDEO + "axes:\n  mode: [temporal, fast]\n")
+    # option keys of another method, and clips for image methods
+    gatys = VIDEO.replace("method: video", "method: gatys")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.axes\.norm\[0\]: 'norm' is only for method fast and video; "
+                                          r"this cell's method is 'gatys'"):
+        _grid(tmp_path, gatys.replace("video/sintel", "images/tubingen.jpg") + "axes:\n  norm: [batch]\n")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.settings\.content: 'sintel' is a clip .*method 'gatys' needs "
+                                          r"an image file"):
+        _grid(tmp_path, gatys)
+    fast = VIDEO.replace("method: video", "method: fast").replace("video/sintel", "images/tubingen.jpg")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.settings\.mode: 'mode' is only for method video; "
+                                          r"this cell's method is 'fast'"):
+        _grid(tmp_path, fast + f"  train_images: {DATA}/coco/train\n  mode: fast\n")
+
+
+def test_options_shape_cells_and_their_ids(tmp_path: Path):
+    g = _grid(tmp_path, VIDEO + "axes:\n  mode: [independent, temporal]\n  temporal_weight: [0, 200]\n")
+    # independent frames do not use the temporal weight: one cell for both values, labelled '-'
+    assert [c.name for c in g.cells] == ["mode=independent | temporal_weight=-", "mode=temporal | temporal_weight=0",
+                                         "mode=temporal | temporal_weight=200"]
+    assert "temporal_weight" not in g.cells[0].method_options
+    assert g.cells[2].method_options["temporal_weight"] == 200
+    assert len({c.cell_id for c in g.cells}) == 3
+    fast = VIDEO.replace("method: video", "method: fast").replace("video/sintel", "images/tubingen.jpg")
+    g = _grid(tmp_path, fast + f"  train_images: {DATA}/coco/train\naxes:\n  norm: [instance, batch]\n")
+    a, b = g.cells
+    assert a.method_options["train_images"] == str((DATA / "coco" / "train").resolve())
+    assert a.cell_id != b.cell_id and a.to_dict()["method_options"]["norm"] == "instance"
