@@ -10,6 +10,9 @@ with the YAML path of the offending entry, e.g.
 Region methods (`nst.regions.METHODS`) take ``regions`` (a spec for
 `nst.segment.region_map`), ``coco`` (annotations of ``coco:`` specs) and
 ``region_styles`` ({region: style image or keep}); other methods refuse them.
+Methods with options of their own (`nst.options`: ``fast``, ``video``) take
+them as top-level keys too, checked per cell against the cell's method; a
+``video`` cell's content is a clip (video file or folder of frames).
 
 Each cell gets a stable id: a hash of its resolved settings and of the bytes
 of its input files (mask and COCO files included), so renaming a file keeps
