@@ -24,19 +24,35 @@ from nst.evaluate import Evaluator
 from nst.optimize import style_size
 
 
-def run_pastiche(content: Path, style: Path, size: int, steps: int, style_px: int) -> tuple[torch.Tensor, float]:
-    from pastiche.pastiche import PasticheArtist, save_image as pastiche_save
+def pastiche_image(artist) -> torch.Tensor:
+    """Pastiche's current image as nst sees it: saved by pastiche (rounded to 8 bits), read back."""
+    from pastiche.pastiche import save_image as pastiche_save
 
-    artist = PasticheArtist(str(content), [str(style)], device="cpu", size=size, style_size=style_px)
-    start = time.perf_counter()
-    for _ in range(steps):
-        artist.draw()
-    per_step = (time.perf_counter() - start) / steps
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pastiche.png"
         pastiche_save(artist.pastiche, str(out))
-        img = load_image(out)
-    return img, per_step
+        return load_image(out)
+
+
+def run_pastiche(
+    content: Path, style: Path, size: int, steps: int, style_px: int, on_step=None
+) -> tuple[torch.Tensor, float]:
+    """Pastiche's defaults (max pooling, L-BFGS, its loss weights) for `steps` steps on the CPU.
+
+    Returns its output and the seconds per step of `draw()` alone (building the network and
+    its targets is not timed).  `on_step(step, artist)` runs after each step, outside the timing.
+    """
+    from pastiche.pastiche import PasticheArtist
+
+    artist = PasticheArtist(str(content), [str(style)], device="cpu", size=size, style_size=style_px)
+    spent = 0.0
+    for i in range(steps):
+        start = time.perf_counter()
+        artist.draw()
+        spent += time.perf_counter() - start
+        if on_step is not None:
+            on_step(i + 1, artist)
+    return pastiche_image(artist), spent / max(1, steps)
 
 
 def run_nst(content: Path, style: Path, size: int, steps: int, **overrides) -> tuple[torch.Tensor, float, dict]:

@@ -50,6 +50,12 @@ def _add_stylize(sub) -> None:
     p.add_argument("--style-scale", type=float, help=f"style image size relative to the output (default {d('style_scale')})")
     p.add_argument("--steps", type=int, help=f"optimisation steps (default {d('steps')})")
     p.add_argument("--optimizer", choices=("lbfgs", "adam"), help=f"default {d('optimizer')}")
+    p.add_argument("--scales", nargs="+", type=_scale_stage, metavar="FRACTION:STEPS",
+                   help="coarse-to-fine stages before the full-size --steps, e.g. 0.25:60 0.5:40; 'none' = one scale "
+                        f"(default {' '.join(f'{f:g}:{n}' for f, n in d('scales') or ()) or 'none'})")
+    p.add_argument("--style-loss", choices=("gram", "meancov"), help=f"default {d('style_loss')}")
+    p.add_argument("--lbfgs-history", type=int, help=f"L-BFGS history size (default {d('lbfgs_history')})")
+    p.add_argument("--ema-decay", type=float, help="Adam: output the iterate average with this decay (e.g. 0.99)")
     p.add_argument("--lr", type=float, help="learning rate (default 1 for L-BFGS, 0.02 for Adam)")
     p.add_argument("--content-weight", type=float, help=f"default {d('content_weight')}")
     p.add_argument("--style-weight", type=float, help=f"default {d('style_weight')}")
@@ -87,8 +93,20 @@ def _add_stylize(sub) -> None:
 CONFIG_OPTIONS = (
     "backbone", "weights", "pooling", "size", "style_scale", "steps", "optimizer", "lr", "content_weight",
     "style_weight", "tv_weight", "content_layers", "style_layers", "style_weights", "multi_style", "init",
-    "preserve_color", "seed", "device", "precision", "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage",
+    "preserve_color", "seed", "device", "precision", "scales", "style_loss", "lbfgs_history", "ema_decay",
+    "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage",
 )
+
+
+def _scale_stage(value: str):
+    """``FRACTION:STEPS`` -> (fraction, steps); ``none`` -> None (one scale)."""
+    if value.lower() in ("none", "off", "null"):
+        return None
+    frac, sep, steps = value.partition(":")
+    try:
+        return (float(frac), int(steps))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}': expected FRACTION:STEPS (e.g. 0.25:60) or none") from None
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
@@ -97,12 +115,15 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     from .config import make_config
     from .evaluate import evaluate
     from .images import load_image, save_image
-    from .optimize import stylize, style_size
+    from .optimize import run_steps, stylize, style_size
 
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise NSTError(f"--out {out}: is a directory")
-    config = make_config(**{k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k, None) is not None})
+    values = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k, None) is not None}
+    if values.get("scales") is not None:  # `--scales none`: one scale
+        values["scales"] = None if None in values["scales"] else tuple(values["scales"])
+    config = make_config(**values)
     if args.regions is not None or any(_named_style(s) for s in args.style):
         return _stylize_regions(args, config, out)
     for opt in ("coco", "feather", "seg_weights"):
@@ -115,7 +136,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         raise NSTError("--photoreal-two-stage needs --photoreal-weight > 0")
     if config.init not in ("content", "noise"):
         load_image(config.init)
-    steps_total = config.steps * (len(styles) if config.multi_style == "sequential" else 1)
+    steps_total = run_steps(config, tuple(content.shape[-2:])) * (len(styles) if config.multi_style == "sequential" else 1)
     bar = tqdm(total=steps_total, desc="stylize", unit="step", disable=args.quiet, dynamic_ncols=True)
 
     def on_step(info) -> None:

@@ -18,6 +18,7 @@ Pooling = Literal["max", "avg"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PreserveColor = Optional[Literal["luminance", "histogram"]]
 MultiStyle = Literal["blend", "sequential"]
+StyleLossKind = Literal["gram", "meancov"]
 
 
 class StyleConfig(BaseModel):
@@ -36,6 +37,16 @@ class StyleConfig(BaseModel):
     optimizer: Optimizer = "lbfgs"
     lr: Optional[float] = Field(None, gt=0, description="learning rate (default: 1.0 for L-BFGS, 0.02 for Adam)")
     lbfgs_history: int = Field(100, gt=0)
+    lbfgs_line_search: bool = Field(False, description="strong-Wolfe line search in L-BFGS (more evaluations per step)")
+    ema_decay: Optional[float] = Field(
+        None, ge=0, lt=1, description="Adam: return an exponential moving average of the iterates (e.g. 0.99)"
+    )
+    scales: Optional[tuple[tuple[float, int], ...]] = Field(
+        None,
+        description="coarse-to-fine: (fraction of size, steps) stages run before the full-size `steps`; "
+        "stages under 64 px are skipped; None = one scale",
+    )
+    style_loss: StyleLossKind = Field("gram", description="gram (Gatys) or meancov (feature mean and covariance)")
     content_weight: float = Field(1.0, ge=0)
     style_weight: float = Field(20.0, ge=0)
     tv_weight: float = Field(0.0, ge=0)
@@ -68,6 +79,19 @@ class StyleConfig(BaseModel):
                 raise ValueError("weights must be >= 0")
             if sum(v) <= 0:
                 raise ValueError("weights must not all be zero")
+        return v
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v):
+        if v is not None:
+            fractions = [f for f, _ in v]
+            if any(not 0 < f < 1 for f in fractions):
+                raise ValueError("each scale is a fraction of size in (0, 1); the full size comes last by itself")
+            if any(a >= b for a, b in zip(fractions, fractions[1:])):
+                raise ValueError("scales must grow from coarse to fine")
+            if any(n < 0 for _, n in v):
+                raise ValueError("steps per scale must be >= 0")
         return v
 
     @field_validator("content_layers", "style_layers")

@@ -68,6 +68,38 @@ class StyleLoss(nn.Module):
         return relative_error(gram_matrix(features, self.mask), self.target, self.norm)
 
 
+def mean_cov(features: torch.Tensor) -> torch.Tensor:
+    """Feature mean and covariance of ``[N, C, H, W]`` features as one ``[N, C, C + 1]`` fp32 tensor
+    (covariance in the first C columns, the mean in the last): the target of `MeanCovLoss`."""
+    n, c, h, w = features.shape
+    f = features.float().reshape(n, c, h * w)
+    mu = f.mean(dim=2, keepdim=True)
+    fc = f - mu
+    return torch.cat([torch.bmm(fc, fc.transpose(1, 2)) / (h * w), mu], dim=2)
+
+
+class MeanCovLoss(nn.Module):
+    """Relative error of the feature mean plus that of the covariance (a mean-covariance style loss:
+    the two moments a Wasserstein-2 distance between Gaussians compares, without its matrix root)."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        t = target.detach().float()
+        c = t.shape[1]
+        self.register_buffer("cov", t[..., :c].contiguous())
+        self.register_buffer("mean", t[..., c:].contiguous())
+        self.register_buffer("cov_norm", self.cov.pow(2).mean().clamp_min(EPS))
+        self.register_buffer("mean_norm", self.mean.pow(2).mean().clamp_min(EPS))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        mc = mean_cov(features)
+        c = mc.shape[1]
+        return relative_error(mc[..., :c], self.cov, self.cov_norm) + relative_error(mc[..., c:], self.mean, self.mean_norm)
+
+
+STYLE_STATISTICS = {"gram": gram_matrix, "meancov": mean_cov}
+
+
 class TVLoss(nn.Module):
     """Total variation: mean squared difference of neighbouring pixels (smoothness prior)."""
 
@@ -108,8 +140,13 @@ class PerceptualLoss(nn.Module):
         style_weight: float = 1.0,
         tv_weight: float = 0.0,
         style_masks: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
+        style_loss: str = "gram",
     ) -> None:
         super().__init__()
+        if style_loss not in STYLE_STATISTICS:
+            raise ValueError(f"unknown style loss '{style_loss}' (use {', '.join(STYLE_STATISTICS)})")
+        if style_loss != "gram" and style_masks is not None and any(m is not None for m in style_masks):
+            raise ValueError("style masks (guided Gram matrices) need style_loss='gram'")
         self.content_weight = content_weight
         self.style_weight = style_weight
         self.tv_weight = tv_weight
@@ -125,6 +162,7 @@ class PerceptualLoss(nn.Module):
             nn.ModuleDict(
                 {
                     layer: StyleLoss(gram, None if masks[i] is None else masks[i][layer])
+                    if style_loss == "gram" else MeanCovLoss(gram)
                     for layer, gram in grams.items()
                 }
             )

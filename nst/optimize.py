@@ -22,7 +22,7 @@ from .config import StyleConfig, make_config
 from .errors import ConfigError, DivergedError
 from .features import DEFAULT_CACHE, FeatureExtractor, TargetCache, tensor_digest
 from .images import load_image, resize, resize_longest
-from .losses import PerceptualLoss, gram_matrix, normalised_layer_weights
+from .losses import STYLE_STATISTICS, PerceptualLoss, gram_matrix, normalised_layer_weights
 from .runtime import resolve_device, resolve_precision, seed_everything
 
 ImageLike = "torch.Tensor | str | os.PathLike"
@@ -75,6 +75,39 @@ def style_size(content: torch.Tensor, style_scale: float) -> int:
     return max(16, round(max(content.shape[-2:]) * style_scale))
 
 
+#: Coarse stages whose longest side would be under this many pixels are skipped (VGG pools 4 times
+#: before relu5_1; smaller images carry no style there).
+MIN_SCALE_PX = 64
+_DETAIL = False
+
+
+def pyramid(config: StyleConfig, hw: tuple[int, int], single: bool = False) -> list[tuple[tuple[int, int], int]]:
+    """The optimisation sizes and steps: ``config.scales`` stages (fraction of the size, steps) that are
+    at least `MIN_SCALE_PX` and smaller than `hw`, then `hw` itself with ``config.steps``."""
+    out: list[tuple[tuple[int, int], int]] = []
+    if config.scales and not single:
+        h, w = hw
+        for frac, steps in config.scales:
+            side = round(max(h, w) * frac)
+            if steps <= 0 or side < MIN_SCALE_PX:
+                continue
+            shw = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
+            if shw[0] < h and shw[1] < w and (not out or shw != out[-1][0]):
+                out.append((shw, steps))
+    out.append((tuple(hw), config.steps))
+    return out
+
+
+def run_steps(config: StyleConfig, hw: tuple[int, int]) -> int:
+    """How many steps one optimisation of an image of size `hw` makes (all scales)."""
+    return sum(n for _, n in pyramid(config, hw))
+
+
+def upsample(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """A coarse result resized (bicubic) to the next scale, as its starting image."""
+    return torch.nn.functional.interpolate(x.detach().float(), size=hw, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
 def stylize(
     content,
     styles: Sequence,
@@ -116,6 +149,8 @@ def stylize(
         raise ConfigError(f"style_masks: {len(style_masks)} masks for {len(styles)} styles")
     if style_masks is not None and config.multi_style == "sequential" and len(styles) > 1:
         raise ConfigError("style_masks need multi_style=blend (all styles in one optimisation)")
+    if style_masks is not None and config.style_loss != "gram":
+        raise ConfigError("style_masks (guided Gram matrices) need style_loss=gram")
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -142,54 +177,89 @@ def stylize(
         plan = [[i] for i in range(len(style_imgs))]
     else:
         plan = [list(range(len(style_imgs)))]
-    total_steps = config.steps * len(plan)
+    # Coarse-to-fine: the `scales` stages, then the full size.  Caller-made extra terms are built for
+    # the full size, so with them the run stays at one scale.
+    schedule = pyramid(config, tuple(content_img.shape[-2:]), single=bool(extra_terms))
+    total_steps = sum(n for _, n in schedule) * len(plan)
 
     history: list[dict[str, float]] = []
+    stages_info: list[dict[str, object]] = []
     current = content_img
     setup_s = time.perf_counter() - t0
     opt_start = time.perf_counter()
     target_s = 0.0
     for stage_idx, style_ids in enumerate(plan):
-        t_targets = time.perf_counter()
-        stage = _prepare_stage(current, [style_imgs[i] for i in style_ids], [blend[i] for i in style_ids], config)
-        loss_fn = _build_loss(
-            stage, extractor, content_layers, style_layers, cw, sw, config, cache, device,
-            None if style_masks is None else [style_masks[i] for i in style_ids],
-        )
-        for name, weight, term in extra_terms or []:
-            loss_fn.add_term(name, weight, term)
-        if config.photoreal_weight:  # Luan et al.: Laplacian of the content at the size of the image optimised
-            from .photoreal import photoreal_term
+        x = None
+        prev_content = None
+        for scale_idx, (hw, n_steps) in enumerate(schedule):
+            full = scale_idx == len(schedule) - 1
+            t_targets = time.perf_counter()
+            # Content and styles at this scale: the style keeps its size relative to the content's.
+            scaled = current if full else resize(current, hw)
+            scaled_styles = [
+                style_imgs[i] if full else resize_longest(style_imgs[i], style_size(scaled, config.style_scale))
+                for i in style_ids
+            ]
+            stage = _prepare_stage(scaled, scaled_styles, [blend[i] for i in style_ids], config)
+            loss_fn = _build_loss(
+                stage, extractor, content_layers, style_layers, cw, sw, config, cache, device,
+                None if style_masks is None else [style_masks[i] for i in style_ids],
+            )
+            if full:
+                for name, weight, term in extra_terms or []:
+                    loss_fn.add_term(name, weight, term)
+            if config.photoreal_weight:  # Luan et al.: Laplacian of the content at the size of the image optimised
+                from .photoreal import photoreal_term
 
-            loss_fn.add_term("photoreal", config.photoreal_weight, photoreal_term(stage.content, config))
-        init = _initial_image(config, stage.content, generator, stage_idx)
-        target_s += time.perf_counter() - t_targets
-        out = _run(
-            init.to(device),
-            extractor,
-            loss_fn,
-            config,
-            stage_idx,
-            len(history),
-            total_steps,
-            history,
-            callback,
-            log_every,
-            image_every,
-            opt_start,
-            stage.chroma_source,
-        )
-        current = _finish(out, stage.chroma_source)
+                loss_fn.add_term("photoreal", config.photoreal_weight, photoreal_term(stage.content, config))
+            if x is None:
+                init = _initial_image(config, stage.content, generator, stage_idx)
+            else:  # the coarser result, upsampled
+                init = upsample(x, hw)
+                if _DETAIL:  # plus the content's detail that the coarser scale could not hold
+                    init = (init + stage.content - upsample(prev_content, hw)).clamp(0, 1)
+            prev_content = stage.content
+            target_s += time.perf_counter() - t_targets
+            t_scale = time.perf_counter()
+            evals = [0]
+            x = _run(
+                init.to(device),
+                extractor,
+                loss_fn,
+                config,
+                stage_idx,
+                len(history),
+                total_steps,
+                history,
+                callback,
+                log_every,
+                image_every,
+                opt_start,
+                stage.chroma_source,
+                n_steps,
+                evals,
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            stages_info.append({"stage": stage_idx, "size": list(hw), "steps": n_steps, "evals": evals[0],
+                                "optimize_s": time.perf_counter() - t_scale})
+        current = _finish(x, stage.chroma_source)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     opt_s = time.perf_counter() - opt_start - target_s
     steps_done = max(1, len(history))
+    # seconds per step at the requested size (the coarse steps are much cheaper)
+    full_stages = [st for st in stages_info if st["size"] == list(content_img.shape[-2:]) and st["steps"]]
+    per_step = (
+        sum(st["optimize_s"] for st in full_stages) / sum(st["steps"] for st in full_stages)
+        if full_stages else (opt_s / steps_done if history else 0.0)
+    )
     timings = {
         "setup_s": setup_s,
         "targets_s": target_s,
         "optimize_s": opt_s,
         "total_s": time.perf_counter() - t0,
-        "s_per_step": opt_s / steps_done if history else 0.0,
+        "s_per_step": per_step,
     }
     info = {
         "device": str(device),
@@ -204,6 +274,7 @@ def stylize(
         "content_size": list(content_img.shape[-2:]),
         "style_sizes": [list(s.shape[-2:]) for s in style_imgs],
         "steps": len(history),
+        "stages": stages_info,
         "cache_hits": cache.hits,
     }
     if device.type == "cuda":
@@ -234,8 +305,8 @@ def _build_loss(
     style_targets = []
     for weight, s in zip(stage.blend, stage.styles):
         grams = cache.get(
-            ("gram", key, tuple(style_layers), tensor_digest(s)),
-            lambda s=s: _style_grams(extractor, s.to(device), style_layers),
+            (config.style_loss, key, tuple(style_layers), tensor_digest(s)),
+            lambda s=s: _style_grams(extractor, s.to(device), style_layers, config.style_loss),
         )
         style_targets.append((weight, grams))
     layer_masks = None
@@ -254,6 +325,7 @@ def _build_loss(
         style_weight=config.style_weight,
         tv_weight=config.tv_weight,
         style_masks=layer_masks,
+        style_loss=config.style_loss,
     ).to(device)
 
 
@@ -280,9 +352,12 @@ def _detach(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _style_grams(extractor: FeatureExtractor, image: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+def _style_grams(
+    extractor: FeatureExtractor, image: torch.Tensor, layers: list[str], kind: str = "gram"
+) -> dict[str, torch.Tensor]:
     feats = extractor(image)
-    return {k: gram_matrix(feats[k]) for k in layers}
+    stat = STYLE_STATISTICS[kind]
+    return {k: stat(feats[k]) for k in layers}
 
 
 def _initial_image(config: StyleConfig, content: torch.Tensor, generator: torch.Generator, stage: int) -> torch.Tensor:
@@ -317,43 +392,63 @@ def _run(
     image_every: int,
     start: float,
     chroma_source: torch.Tensor | None,
+    steps: int | None = None,
+    evals: list[int] | None = None,
 ) -> torch.Tensor:
+    """`steps` optimisation steps from `init`; returns the image (the iterate average with `ema_decay`).
+
+    Loss values stay on the device until they are flushed (every step on a CPU, every `log_every`
+    steps on a GPU), so the loop itself makes no host-device synchronisation of its own.
+    """
+    steps = config.steps if steps is None else steps
+    evals = evals if evals is not None else [0]
     x = init.detach().clone().contiguous().requires_grad_(True)  # L-BFGS needs a flat view
     lr = config.learning_rate
     if config.optimizer == "lbfgs":
         opt = torch.optim.LBFGS(
-            [x], lr=lr, max_iter=1, history_size=config.lbfgs_history, tolerance_grad=0.0, tolerance_change=0.0
+            [x], lr=lr, max_iter=1, history_size=config.lbfgs_history, tolerance_grad=0.0, tolerance_change=0.0,
+            line_search_fn="strong_wolfe" if config.lbfgs_line_search else None,
         )
     else:
         opt = torch.optim.Adam([x], lr=lr)
+    ema = torch.zeros_like(x.detach()) if config.optimizer == "adam" and config.ema_decay else None
+    ema_weight = [0.0]  # 1 - decay**t, for the bias correction
     last: dict[str, torch.Tensor] = {}
 
     def closure():
         opt.zero_grad(set_to_none=True)
         total, terms = loss_fn(x, extractor(x))
         total.backward()
-        last.clear()
-        last.update({k: v.detach() for k, v in terms.items()})
+        evals[0] += 1
+        if not last:  # the losses at the start of the step (a line search evaluates more points)
+            last.update({k: v.detach() for k, v in terms.items()})
         return total
 
+    def current() -> torch.Tensor:
+        return x if ema is None or not ema_weight[0] else ema / ema_weight[0]
+
     pending: list[tuple[int, dict[str, torch.Tensor], float]] = []
-    for i in range(config.steps):
+    for i in range(steps):
+        last.clear()
         opt.step(closure)
         if config.optimizer == "adam":
             with torch.no_grad():
                 x.clamp_(0, 1)
+                if ema is not None:  # bias-corrected EMA of the iterates (crowsonkb's style-transfer)
+                    ema.lerp_(x, 1 - config.ema_decay)
+                    ema_weight[0] = 1 - (1 - ema_weight[0]) * config.ema_decay
         step = step_offset + i + 1
         pending.append((step, dict(last), time.perf_counter() - start))
-        is_last = i == config.steps - 1
+        is_last = i == steps - 1
         if (step % log_every == 0) or is_last or x.device.type == "cpu":
             _flush(pending, history, stage)
             if callback is not None and (step % log_every == 0 or is_last):
                 image = None
                 if image_every and (step % image_every == 0 or is_last):
-                    image = _finish(x, chroma_source)
+                    image = _finish(current(), chroma_source)
                 callback(StepInfo(step, total_steps, stage, _losses(history[-1]), history[-1]["time"], image))
     _flush(pending, history, stage)
-    return x.detach()
+    return current().detach()
 
 
 def _flush(pending, history, stage) -> None:

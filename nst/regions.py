@@ -40,7 +40,7 @@ from .evaluate import EVAL_STYLE_LAYERS, Evaluator
 from .features import TargetCache, tensor_digest
 from .images import resize, resize_longest
 from .losses import gram_matrix, relative_error
-from .optimize import StepInfo, StyleResult, as_image, downsample_mask, style_size, stylize
+from .optimize import StepInfo, StyleResult, as_image, downsample_mask, run_steps, style_size, stylize
 from .segment import RegionError, RegionMap
 
 METHODS = ("stitched", "per-region-composite", "guided-gram", "locality", "portion")
@@ -224,7 +224,7 @@ def stylize_regions(
         feather = default_blend(hw) if method == "portion" else 0.0
 
     runs: list[StyleResult] = []
-    steps_per_run = config.steps
+    steps_per_run = run_steps(config, hw)  # every scale of a coarse-to-fine run
 
     def run(style_list, style_masks=None, image=None, cfg=None) -> torch.Tensor:
         offset = len(runs) * steps_per_run
