@@ -117,6 +117,9 @@ def bar_chart(df: pd.DataFrame, axes: list[str], metrics: list[str], path: Path,
     for j, m in enumerate(metrics):
         xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(labels))]
         ax.bar(xs, ok[m].astype(float).tolist(), width, label=m, color=CURVE_COLORS[j % len(CURVE_COLORS)])
+    vals = ok[metrics].astype(float).to_numpy()
+    if (vals > 0).all() and vals.max() / vals.min() > 100:  # e.g. warping errors over three decades
+        ax.set_yscale("log")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels([lab[:22] for lab in labels], rotation=20, ha="right", fontsize=8)
     ax.legend(fontsize=8)
@@ -126,8 +129,9 @@ def bar_chart(df: pd.DataFrame, axes: list[str], metrics: list[str], path: Path,
     return _save_figure(fig, path)
 
 
-def artifact_sheet(rows: list[tuple[str, Path]], path: Path, title: str, max_width: int = 1400) -> Path | None:
-    """Per-cell images (e.g. a training-evolution strip) stacked one per row under their labels."""
+def artifact_sheet(rows: list[tuple[str, Path]], path: Path, title: str, max_side: int = 1400) -> Path | None:
+    """Per-cell images under their labels: wide ones (a film strip) one per row, tall ones (an evolution
+    column) side by side."""
     if not rows:
         return None
     font = ImageFont.load_default(size=13)
@@ -135,20 +139,32 @@ def artifact_sheet(rows: list[tuple[str, Path]], path: Path, title: str, max_wid
     for label, p in rows:
         with Image.open(p) as im:
             im = im.convert("RGB")
-            if im.width > max_width:
-                im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.LANCZOS)
+            scale = min(1.0, max_side / max(im.size))
+            if scale < 1:
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
             ims.append((label, im))
-    pad, lab_h = 6, 20
-    W = max(im.width for _, im in ims) + 2 * pad
-    H = 26 + sum(lab_h + im.height + pad for _, im in ims) + pad
+    pad, lab_h, top = 6, 20, 26
+    tall = sum(im.height for _, im in ims) > 1.5 * sum(im.width for _, im in ims)
+    if tall:
+        col_w = [max(im.width, 7 * min(len(label), 40)) for label, im in ims]
+        W = sum(col_w) + pad * (len(ims) + 1)
+        H = top + lab_h + max(im.height for _, im in ims) + pad
+    else:
+        W = max(im.width for _, im in ims) + 2 * pad
+        H = top + sum(lab_h + im.height + pad for _, im in ims) + pad
     sheet = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, 6), title[:140], fill="black", font=font)
-    y = 26
-    for label, im in ims:
-        draw.text((pad, y + 2), label[:160], fill=(40, 40, 40), font=font)
-        sheet.paste(im, (pad, y + lab_h))
-        y += lab_h + im.height + pad
+    x, y = pad, top
+    for k, (label, im) in enumerate(ims):
+        if tall:
+            draw.text((x, y + 2), label[:40], fill=(40, 40, 40), font=font)
+            sheet.paste(im, (x, y + lab_h))
+            x += col_w[k] + pad
+        else:
+            draw.text((pad, y + 2), label[:160], fill=(40, 40, 40), font=font)
+            sheet.paste(im, (pad, y + lab_h))
+            y += lab_h + im.height + pad
     return save_image(sheet, path)
 
 
