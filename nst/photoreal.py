@@ -255,7 +255,8 @@ def stylize_two_stage(stylize_fn: Callable, content, styles: Sequence, config, *
     regularised one (``photoreal_weight``) started from that result for the rest.
 
     Same number of steps in all as a one-stage run, so the two compare at equal cost.  The
-    regulariser is logged (weight 0) in the first stage too, so the loss history shows it fall.
+    regulariser is logged (weight 0) in the first stage too (single-scale runs), so the loss history
+    shows it fall.
     `stylize_fn` is `nst.optimize.stylize` (passed in to avoid a circular import).
     """
     from . import color
@@ -265,41 +266,47 @@ def stylize_two_stage(stylize_fn: Callable, content, styles: Sequence, config, *
     steps1 = config.steps // 2
     steps2 = config.steps - steps1
     n_styles = len(styles) if config.multi_style == "sequential" and len(styles) > 1 else 1
-    total = config.steps * n_styles
     content_img = as_image(content, config.size)
     extra = list(kwargs.pop("extra_terms", None) or [])
     first_cfg = config.replace(photoreal_two_stage=False, photoreal_weight=0.0, steps=steps1)
 
-    def shifted(offset: int):
+    def shifted(offset: int, total: Callable[[int], int]):
         if callback is None:
             return None
 
         def cb(info: StepInfo) -> None:
-            callback(StepInfo(info.step + offset, total, info.stage, info.losses, info.elapsed, info.image))
+            callback(StepInfo(info.step + offset, total(info.total_steps), info.stage, info.losses, info.elapsed,
+                              info.image))
 
         return cb
 
-    first = stylize_fn(content_img, styles, first_cfg, callback=shifted(0),
-                       extra_terms=extra + [("photoreal", 0.0, photoreal_term(content_img, config))],
-                       **kwargs)
+    # Stage 1 reports the whole run's step count: its own twice, corrected for the full-size steps
+    # (coarse-to-fine scales, if any, run in both stages).
+    total1 = lambda t1: 2 * t1 + (steps2 - steps1) * n_styles  # noqa: E731
+    # log the term (weight 0) in stage 1 too, unless coarse-to-fine scales are set: `stylize` keeps a run
+    # with extra terms at one scale
+    watch = [] if getattr(config, "scales", None) else [("photoreal", 0.0, photoreal_term(content_img, config))]
+    first = stylize_fn(content_img, styles, first_cfg, callback=shifted(0, total1),
+                       extra_terms=(extra + watch) or None, **kwargs)
+    offset = len(first.history)
     init = first.image
     if config.preserve_color == "luminance":
         init = color.gray3(color.luminance(init))
     with tempfile.TemporaryDirectory(prefix="nst-photoreal-") as tmp:
-        init_path = Path(tmp) / "stage1.png"
+        init_path = Path(tmp) / "stage1.png"  # how `init` takes an image (8-bit PNG, as nst.video does)
         save_image(init, init_path)
         second_cfg = config.replace(photoreal_two_stage=False, steps=steps2, init=str(init_path))
-        second = stylize_fn(content_img, styles, second_cfg, callback=shifted(steps1 * n_styles),
+        second = stylize_fn(content_img, styles, second_cfg, callback=shifted(offset, lambda t2: offset + t2),
                             extra_terms=extra or None, **kwargs)
-    offset = len(first.history)
     history = list(first.history)
     for h in second.history:
         history.append({**h, "step": h["step"] + offset, "time": h["time"] + first.timings["total_s"]})
     timings = {k: first.timings.get(k, 0.0) + second.timings.get(k, 0.0)
                for k in ("setup_s", "targets_s", "optimize_s", "total_s")}
-    timings["s_per_step"] = timings["optimize_s"] / max(1, len(history))
-    info = {**second.info, "steps": len(history), "photoreal_stage1_steps": steps1 * n_styles,
-            "photoreal_stage1_final": first.history[-1].get("photoreal") if first.history else None}
+    timings["s_per_step"] = (first.timings["s_per_step"] * steps1 + second.timings["s_per_step"] * steps2) / max(
+        1, steps1 + steps2)
+    info = {**second.info, "steps": len(history), "photoreal_stage1_steps": offset,
+            "photoreal_stage1_energy": photoreal_energy(first.image, content_img, config.photoreal_epsilon)}
     return type(second)(second.image, history, timings, info, config)
 
 
@@ -308,7 +315,7 @@ def stylize_two_stage(stylize_fn: Callable, content, styles: Sequence, config, *
 
 def side_by_side(images: Sequence[torch.Tensor], labels: Sequence[str], height: int = 256):
     """A PIL image: the images at the same height, left to right, each with a caption below."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     from .images import to_pil
 
@@ -316,12 +323,14 @@ def side_by_side(images: Sequence[torch.Tensor], labels: Sequence[str], height: 
     for img in images:
         pil = to_pil(img)
         tiles.append(pil.resize((max(1, round(pil.width * height / pil.height)), height), Image.LANCZOS))
-    pad, cap = 6, 18 * max(1, max(lab.count("\n") + 1 for lab in labels))
+    font_px = max(12, height // 16)
+    font = ImageFont.load_default(size=font_px)
+    pad, cap = 6, (font_px + 4) * max(1, max(lab.count("\n") + 1 for lab in labels))
     sheet = Image.new("RGB", (sum(t.width for t in tiles) + pad * (len(tiles) + 1), height + cap + 2 * pad), "white")
     draw = ImageDraw.Draw(sheet)
     x = pad
     for tile, label in zip(tiles, labels):
         sheet.paste(tile, (x, pad))
-        draw.multiline_text((x, height + pad + 2), label, fill=(0, 0, 0))
+        draw.multiline_text((x, height + pad + 2), label, fill=(0, 0, 0), font=font, spacing=4)
         x += tile.width + pad
     return sheet
