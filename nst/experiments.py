@@ -525,6 +525,15 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+#: Engine options added after grids were first run, at the value that gives the earlier behaviour.  At that
+#: value they stay out of the cell id, so a new option does not make every finished cell run again.  (Not
+#: their defaults: a changed default changes the result, and so must change the id.)
+ID_NEUTRAL: dict[str, Any] = {
+    "photoreal_weight": 0.0, "photoreal_epsilon": 1e-7, "photoreal_two_stage": False,
+    "lbfgs_line_search": False, "ema_decay": None, "scales": None, "style_loss": "gram",
+}
+
+
 def cell_id(method: str, config: StyleConfig, content: Path, styles: list[Path],
             regions: Optional[dict[str, Any]] = None, method_options: Optional[dict[str, Any]] = None) -> str:
     """Hash of the resolved settings and the input files' bytes (the device is not part of it).
@@ -533,6 +542,7 @@ def cell_id(method: str, config: StyleConfig, content: Path, styles: list[Path],
     cells with method options add them, with the bytes of the files and folders they name.
     """
     cfg = config.model_dump(mode="json", exclude={"device"})
+    cfg = {k: v for k, v in cfg.items() if k not in ID_NEUTRAL or v != ID_NEUTRAL[k]}
     for k in ("weights", "init"):
         v = cfg.get(k)
         if isinstance(v, str) and v not in ("random", "content", "noise") and Path(v).is_file():

@@ -195,3 +195,16 @@ def test_cell_ids_hash_settings_and_file_bytes(imgs, tmp_path):
     assert [c.cell_id for c in load_grid(write(imgs, text), "g").cells] != ids
     # a setting changes the id
     assert [c.cell_id for c in load_grid(write(imgs, text.replace("steps: 2", "steps: 3")), "g").cells] != ids
+
+
+def test_options_at_their_neutral_value_keep_cell_ids() -> None:
+    """Finished cells stay finished when the engine gains an option: ids ignore options at their no-op value."""
+    from nst.config import make_config
+    from nst.data import image
+    from nst.experiments import ID_NEUTRAL, cell_id
+
+    c, s = image("tubingen.jpg"), [image("starry_night.jpg")]
+    base = cell_id("gatys", make_config(size=64, steps=3), c, s)
+    assert cell_id("gatys", make_config(size=64, steps=3, **ID_NEUTRAL), c, s) == base
+    assert cell_id("gatys", make_config(size=64, steps=3, photoreal_weight=10.0), c, s) != base
+    assert cell_id("gatys", make_config(size=64, steps=3, scales=((0.5, 10),)), c, s) != base
