@@ -53,6 +53,9 @@ def _add_stylize(sub) -> None:
     p.add_argument("--scales", nargs="+", type=_scale_stage, metavar="FRACTION:STEPS",
                    help="coarse-to-fine stages before the full-size --steps, e.g. 0.25:60 0.5:40; 'none' = one scale "
                         f"(default {' '.join(f'{f:g}:{n}' for f, n in d('scales') or ()) or 'none'})")
+    p.add_argument("--scale-detail", action=argparse.BooleanOptionalAction, default=None,
+                   help="start each finer scale with the content's detail added back (default "
+                        f"{'on' if d('scale_detail') else 'off'})")
     p.add_argument("--style-loss", choices=("gram", "meancov"), help=f"default {d('style_loss')}")
     p.add_argument("--lbfgs-history", type=int, help=f"L-BFGS history size (default {d('lbfgs_history')})")
     p.add_argument("--ema-decay", type=float, help="Adam: output the iterate average with this decay (e.g. 0.99)")
@@ -93,7 +96,7 @@ def _add_stylize(sub) -> None:
 CONFIG_OPTIONS = (
     "backbone", "weights", "pooling", "size", "style_scale", "steps", "optimizer", "lr", "content_weight",
     "style_weight", "tv_weight", "content_layers", "style_layers", "style_weights", "multi_style", "init",
-    "preserve_color", "seed", "device", "precision", "scales", "style_loss", "lbfgs_history", "ema_decay",
+    "preserve_color", "seed", "device", "precision", "scales", "scale_detail", "style_loss", "lbfgs_history", "ema_decay",
     "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage",
 )
 

@@ -20,6 +20,12 @@ PreserveColor = Optional[Literal["luminance", "histogram"]]
 MultiStyle = Literal["blend", "sequential"]
 StyleLossKind = Literal["gram", "meancov"]
 
+#: The default coarse-to-fine schedule: 40 L-BFGS steps at a quarter of the size, 20 at half, then
+#: `steps` (10) at the full size.  Chosen by benchmarks/time_to_quality.py (README, "Performance").
+DEFAULT_SCALES = ((0.25, 40), (0.5, 20))
+#: Plain Gatys et al. (one scale, average pooling, 500 full-size steps): the seed reports' setting.
+PLAIN_GATYS = {"scales": None, "scale_detail": False, "pooling": "avg", "steps": 500}
+
 
 class StyleConfig(BaseModel):
     """Every setting of one optimisation-based style transfer."""
@@ -30,10 +36,13 @@ class StyleConfig(BaseModel):
     weights: Optional[str] = Field(
         None, description="backbone weights: None = the backbone's default source, 'random', or a file path"
     )
-    pooling: Pooling = "avg"
+    pooling: Pooling = Field("max", description="max (the network as trained; measured best) or avg (Gatys et al.)")
     size: int = Field(512, gt=0, le=8192, description="longest side of the output, pixels")
     style_scale: float = Field(1.0, gt=0, le=8, description="style image size relative to the output's")
-    steps: int = Field(500, ge=0, le=100_000, description="optimisation steps (per style when sequential)")
+    steps: int = Field(
+        10, ge=0, le=100_000,
+        description="optimisation steps at the full size, after the coarse `scales` stages (per style when sequential)",
+    )
     optimizer: Optimizer = "lbfgs"
     lr: Optional[float] = Field(None, gt=0, description="learning rate (default: 1.0 for L-BFGS, 0.02 for Adam)")
     lbfgs_history: int = Field(100, gt=0)
@@ -42,9 +51,14 @@ class StyleConfig(BaseModel):
         None, ge=0, lt=1, description="Adam: return an exponential moving average of the iterates (e.g. 0.99)"
     )
     scales: Optional[tuple[tuple[float, int], ...]] = Field(
-        None,
+        DEFAULT_SCALES,
         description="coarse-to-fine: (fraction of size, steps) stages run before the full-size `steps`; "
         "stages under 64 px are skipped; None = one scale",
+    )
+    scale_detail: bool = Field(
+        True,
+        description="coarse-to-fine: start each finer scale from the upsampled result plus the content's detail "
+        "that the coarser scale lacked (content minus its upsampled downscaled copy)",
     )
     style_loss: StyleLossKind = Field("gram", description="gram (Gatys) or meancov (feature mean and covariance)")
     content_weight: float = Field(1.0, ge=0)

@@ -78,7 +78,6 @@ def style_size(content: torch.Tensor, style_scale: float) -> int:
 #: Coarse stages whose longest side would be under this many pixels are skipped (VGG pools 4 times
 #: before relu5_1; smaller images carry no style there).
 MIN_SCALE_PX = 64
-_DETAIL = False
 
 
 def pyramid(config: StyleConfig, hw: tuple[int, int], single: bool = False) -> list[tuple[tuple[int, int], int]]:
@@ -216,7 +215,7 @@ def stylize(
                 init = _initial_image(config, stage.content, generator, stage_idx)
             else:  # the coarser result, upsampled
                 init = upsample(x, hw)
-                if _DETAIL:  # plus the content's detail that the coarser scale could not hold
+                if config.scale_detail:  # plus the content's detail that the coarser scale could not hold
                     init = (init + stage.content - upsample(prev_content, hw)).clamp(0, 1)
             prev_content = stage.content
             target_s += time.perf_counter() - t_targets

@@ -31,7 +31,7 @@ from nst.evaluate import Evaluator
 from nst.experiments import Cell
 from nst.options import describe as describe_options
 from nst.images import load_image, save_image
-from nst.optimize import StepInfo, StyleResult, style_size, stylize
+from nst.optimize import StepInfo, StyleResult, run_steps, style_size, stylize
 from nst.regions import METHODS as REGION_METHODS
 
 from . import tracking
@@ -73,7 +73,8 @@ def load_inputs(cell: Cell) -> CellInputs:
     styles = [load_image(s, size=style_size(content, cfg.style_scale)) for s in cell.styles]
     # one optimisation per style: sequential mixes, and the region methods that run once per style
     per_style = cfg.multi_style == "sequential" or cell.method in ("per-region-composite", "portion")
-    return CellInputs(content, styles, steps=cfg.steps * (len(styles) if per_style else 1))
+    steps = run_steps(cfg, tuple(content.shape[-2:]))  # every scale of a coarse-to-fine run
+    return CellInputs(content, styles, steps=steps * (len(styles) if per_style else 1))
 
 
 @register_method("gatys")
