@@ -28,7 +28,7 @@ from nst.experiments import Experiments, FigureSpec, Grid
 from nst.images import atomic_write, save_image
 
 from . import tracking
-from .report import Report, to_markdown
+from .report import Report, summary, to_markdown
 
 #: Table columns shown when a figure does not choose (those present, in this order, after the axes).
 DEFAULT_COLUMNS = ("eval_content_distance", "eval_style_distance", "eval_ssim", "s_per_step", "wall_s")
@@ -57,6 +57,13 @@ def varying_axes(df: pd.DataFrame, axes: list[str]) -> list[str]:
 # --------------------------------------------------------------------------- panels
 
 
+def short_error(err: Any) -> Any:
+    """An error's first clause (the full text is in the cell's MLflow run and the grid's table)."""
+    if not isinstance(err, str):
+        return err
+    return err.split("; ")[0].split(". ")[0][:140]
+
+
 def table_md(df: pd.DataFrame, axes: list[str], columns: list[str] | None) -> tuple[str, list[str]]:
     """The figure's table and the requested columns that no run has (reported, not silently dropped)."""
     if columns is None:
@@ -67,7 +74,10 @@ def table_md(df: pd.DataFrame, axes: list[str], columns: list[str] | None) -> tu
     else:
         cols = [c for c in columns if c in df]
         missing = [c for c in columns if c not in df]
-    return to_markdown(df[cols]), missing
+    table = df[cols].copy()
+    if "error" in table:
+        table["error"] = table["error"].map(short_error)
+    return to_markdown(table), missing
 
 
 def loss_curves(runs: list[tuple[str, str]], terms: list[str], path: Path, title: str) -> Path | None:
@@ -216,8 +226,11 @@ def build_figure(name: str, spec: FigureSpec, runs: list[GridRun], out_dir: Path
                 md += [table]
                 if missing:
                     notes.append(f"grid `{g.name}`: no run logged {', '.join(missing)}")
-            elif panel == "summary" and "summary.md" in rep.files:
-                md += [f"Summary by `{g.spec.summary_by}`:", "", Path(rep.files["summary.md"]).read_text()]
+            elif panel == "summary" and g.spec.summary_by in df:
+                sm = summary(df, g.spec.summary_by)
+                if "failed" in sm:
+                    sm["failed"] = sm["failed"].map(short_error)
+                md += [f"Summary by `{g.spec.summary_by}`:", "", to_markdown(sm)]
             elif panel == "curves":
                 ok = df[df["status"] == "FINISHED"]
                 va = varying_axes(df, rep.axes)
