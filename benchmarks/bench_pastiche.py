@@ -56,6 +56,8 @@ def run_pastiche(
 
 
 def run_nst(content: Path, style: Path, size: int, steps: int, **overrides) -> tuple[torch.Tensor, float, dict]:
+    """nst at one scale (a per-step comparison: no coarse-to-fine stages unless asked for)."""
+    overrides = {"scales": None, **overrides}
     result = stylize(content, [style], StyleConfig(size=size, steps=steps, device="cpu", **overrides))
     return result.image, result.timings["s_per_step"], result.info
 

@@ -172,6 +172,10 @@ def geomean(xs: list[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
+def _distances(scores) -> list[float]:
+    return [scores.content_distance, scores.style_distance]
+
+
 def parse_sets(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "pair": f"{c_path.stem} x {s_path.stem}", "hw": list(c.shape[-2:]),
             "pastiche": {"seconds": ref["seconds"], "s_per_step": ref["s_per_step"], "steps": args.steps,
                          "cached": ref["cached"], "content_d": p_sc.content_distance, "style_d": p_sc.style_distance,
-                         "snapshots": {str(k): [ev.score(v, c, [s]).content_distance, ev.score(v, c, [s]).style_distance]
+                         "snapshots": {str(k): _distances(ev.score(v, c, [s]))
                                        for k, v in sorted(ref["snapshot_images"].items())}},
         }
         print(f"\n{row['pair']} ({c.shape[-1]}x{c.shape[-2]}): pastiche {args.steps} steps "
