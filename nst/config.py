@@ -21,10 +21,10 @@ MultiStyle = Literal["blend", "sequential"]
 StyleLossKind = Literal["gram", "meancov"]
 
 #: The default coarse-to-fine schedule: 40 L-BFGS steps at a quarter of the size, 20 at half, then
-#: `steps` (10) at the full size.  Chosen by benchmarks/time_to_quality.py (README, "Performance").
+#: `steps` (10) at the full size, with style weight 12.  Chosen by benchmarks/time_to_quality.py (README, "Performance").
 DEFAULT_SCALES = ((0.25, 40), (0.5, 20))
 #: Plain Gatys et al. (one scale, average pooling, 500 full-size steps): the seed reports' setting.
-PLAIN_GATYS = {"scales": None, "scale_detail": False, "pooling": "avg", "steps": 500}
+PLAIN_GATYS = {"scales": None, "scale_detail": False, "pooling": "avg", "steps": 500, "style_weight": 20.0}
 
 
 class StyleConfig(BaseModel):
@@ -62,7 +62,7 @@ class StyleConfig(BaseModel):
     )
     style_loss: StyleLossKind = Field("gram", description="gram (Gatys) or meancov (feature mean and covariance)")
     content_weight: float = Field(1.0, ge=0)
-    style_weight: float = Field(20.0, ge=0)
+    style_weight: float = Field(12.0, ge=0, description="measured default (issue 7); the seed reports used 20")
     tv_weight: float = Field(0.0, ge=0)
     content_layers: Optional[tuple[str, ...]] = None
     style_layers: Optional[tuple[str, ...]] = None
