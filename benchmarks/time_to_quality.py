@@ -24,7 +24,7 @@ The last lines print the geometric means.  pastiche's references can be cached i
 (content bytes, style bytes, size, steps, pastiche version) with ``--reuse-pastiche`` (exploration
 only); by default they are recomputed in the same run, as the final measurement requires.
 
-    python benchmarks/time_to_quality.py                      # 3 pairs at 512 px, ~45 min on an idle 2-core CPU
+    python benchmarks/time_to_quality.py                      # 3 pairs at 512 px, ~20-35 min on an idle 2-core CPU
     python benchmarks/time_to_quality.py --quick              # seconds: a smoke run of the whole procedure
     python benchmarks/time_to_quality.py --reuse-pastiche --set scales=null --set steps=300 --json o.json
 """
