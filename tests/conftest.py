@@ -37,3 +37,12 @@ def small_evaluator():
     from nst.evaluate import Evaluator
 
     return Evaluator(resolution=96)
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    """A temporary Prefect server (the test harness) per test module, for tests that run flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

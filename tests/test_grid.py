@@ -32,14 +32,6 @@ grids:
 """
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("NST_HOME", str(tmp_path / "home"))

@@ -62,14 +62,6 @@ grids:
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """One temporary MLflow store for both grids (creating its tables takes seconds)."""
     from nst.fast.network import NetConfig, TransformNet, save_model

@@ -59,14 +59,6 @@ def home(files: Path, monkeypatch) -> Path:
     return files
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_region_grid_logs_leakage_and_region_map(home: Path, prefect_server):
     from mlflow import MlflowClient
     from prefect.task_runners import ThreadPoolTaskRunner

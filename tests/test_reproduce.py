@@ -20,14 +20,6 @@ from nst.experiments import figure_grids, load_experiments
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("NST_HOME", str(tmp_path / "home"))
