@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
+import sys
 import tracemalloc
+from pathlib import Path
 
-import numpy as np
 import torch
 
 from nst import StyleConfig, stylize
@@ -28,18 +28,10 @@ from nst.evaluate import evaluate
 from nst.images import load_image, save_image
 from nst.photoreal import PhotorealLoss, matting_laplacian, photoreal_energy, side_by_side, to_torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fast import median_time  # noqa: E402  (shared timing helper)
+
 STYLE = "nst/data/coco/000000547503.jpg"
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def cost(content: torch.Tensor, repeats: int, steps: int, style: torch.Tensor) -> dict:
