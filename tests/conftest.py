@@ -46,3 +46,10 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def isolated_tracking(mp: pytest.MonkeyPatch, root) -> None:
+    """Point nst's home and MLflow store at `root/home` (a temporary sqlite store) for a test module."""
+    mp.setenv("NST_HOME", str(root / "home"))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'home' / 'mlflow.db'}")
+    mp.delenv("NST_ARTIFACT_ROOT", raising=False)

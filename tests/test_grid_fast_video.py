@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from conftest import isolated_tracking
 import torch
 
 from nst.errors import ConfigError
@@ -71,9 +73,7 @@ def home(tmp_path_factory) -> Path:
     model = save_model(TransformNet(NetConfig(width=4, n_residual=1)), tmp / "net.pt", ["starry_night"])
     (tmp / "exp.yaml").write_text(GRIDS.format(data=DATA, tiny=TINY.format(data=DATA).rstrip(), model=model))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NST_HOME", str(tmp / "home"))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'home' / 'mlflow.db'}")
-        mp.delenv("NST_ARTIFACT_ROOT", raising=False)
+        isolated_tracking(mp, tmp)
         yield tmp
 
 

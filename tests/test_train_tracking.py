@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from conftest import isolated_tracking
 import torch
 
 from nst.data import image
@@ -20,9 +22,7 @@ def home(tmp_path_factory) -> Path:
     """One temporary MLflow store for the module (creating its tables takes seconds)."""
     tmp = tmp_path_factory.mktemp("train-tracking")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NST_HOME", str(tmp / "home"))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'home' / 'mlflow.db'}")
-        mp.delenv("NST_ARTIFACT_ROOT", raising=False)
+        isolated_tracking(mp, tmp)
         yield tmp
 
 
