@@ -17,6 +17,37 @@ from torch import nn
 EPS = 1e-8
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 for half-precision tensors; fp64 stays fp64 (gradient checks)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+class _ScaledGram(torch.autograd.Function):
+    """``scale * f @ f^T`` for ``f: [N, C, P]``: the product in fp32, the gradient in f's own dtype.
+
+    Autograd's generic ``bmm(f, f^T)`` differentiates both operands (two matmuls, a transpose and
+    an add of two full-size feature gradients); the Gram matrix's gradient is one matmul,
+    ``scale * (dG + dG^T) @ f``.  Under bf16/fp16 autocast the features are half precision:
+    the Gram matrix is still computed from their exact fp32 values, while its gradient, which
+    goes straight back into the half-precision network, is computed (fp32 accumulation) in
+    half precision, about 4x cheaper on a CPU with native bf16.
+    """
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(f)
+        ctx.scale = scale
+        f32 = _at_least_fp32(f)
+        return torch.bmm(f32, f32.transpose(1, 2)).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (f,) = ctx.saved_tensors
+        sym = (grad + grad.transpose(1, 2)).mul_(ctx.scale).to(f.dtype)
+        # f^T @ sym, transposed back: the gradient keeps f's memory layout (channels_last features).
+        return torch.bmm(f.transpose(1, 2), sym).transpose(1, 2), None
+
+
 def gram_matrix(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrix ``[N, C, C]`` of ``[N, C, H, W]`` features, in fp32, averaged over positions.
 
@@ -25,12 +56,13 @@ def gram_matrix(features: torch.Tensor, mask: torch.Tensor | None = None) -> tor
     guided Gram matrix).
     """
     n, c, h, w = features.shape
-    f = features.float().reshape(n, c, h * w)
+    f = features.reshape(n, c, h * w)
     if mask is None:
-        return torch.bmm(f, f.transpose(1, 2)) / (h * w)
-    m = mask.float().reshape(mask.shape[0], 1, h * w)
-    fm = f * m
-    return torch.bmm(fm, fm.transpose(1, 2)) / m.sum(dim=2, keepdim=True).clamp_min(1.0)
+        return _ScaledGram.apply(f, 1.0 / (h * w))
+    m = _at_least_fp32(mask).reshape(mask.shape[0], 1, h * w)
+    fm = _at_least_fp32(f) * m
+    g = _ScaledGram.apply(fm, 1.0)
+    return g / m.sum(dim=2, keepdim=True).clamp_min(1.0)
 
 
 def relative_error(x: torch.Tensor, target: torch.Tensor, norm: torch.Tensor | float | None = None) -> torch.Tensor:
@@ -72,10 +104,9 @@ def mean_cov(features: torch.Tensor) -> torch.Tensor:
     """Feature mean and covariance of ``[N, C, H, W]`` features as one ``[N, C, C + 1]`` fp32 tensor
     (covariance in the first C columns, the mean in the last): the target of `MeanCovLoss`."""
     n, c, h, w = features.shape
-    f = features.float().reshape(n, c, h * w)
+    f = _at_least_fp32(features).reshape(n, c, h * w)
     mu = f.mean(dim=2, keepdim=True)
-    fc = f - mu
-    return torch.cat([torch.bmm(fc, fc.transpose(1, 2)) / (h * w), mu], dim=2)
+    return torch.cat([_ScaledGram.apply(f - mu, 1.0 / (h * w)), mu], dim=2)
 
 
 class MeanCovLoss(nn.Module):
