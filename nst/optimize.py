@@ -22,6 +22,7 @@ from .config import StyleConfig, make_config
 from .errors import ConfigError, DivergedError
 from .features import DEFAULT_CACHE, FeatureExtractor, TargetCache, tensor_digest
 from .images import load_image, resize, resize_longest
+from .lbfgs import BatchLBFGS
 from .losses import STYLE_STATISTICS, PerceptualLoss, gram_matrix, normalised_layer_weights
 from .runtime import resolve_device, resolve_precision, seed_everything
 
@@ -107,6 +108,36 @@ def upsample(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(x.detach().float(), size=hw, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
+@dataclass
+class StyleJob:
+    """One optimisation of a batch: its inputs, settings and per-step callback (see `stylize`)."""
+
+    content: object  # path or [1, 3, H, W] tensor
+    styles: Sequence
+    config: StyleConfig
+    callback: Callable[[StepInfo], None] | None = None
+    extra_terms: Sequence[tuple[str, float, Callable]] | None = None
+    style_masks: Sequence[torch.Tensor | None] | None = None
+
+
+#: Settings every job of one batch must share: they fix the network, the schedule and the optimiser.
+#: (Loss weights, styles, layer weights, colour handling, seed and init may differ per job.)
+BATCH_FIELDS = (
+    "backbone", "weights", "pooling", "size", "steps", "optimizer", "lr", "lbfgs_history", "lbfgs_line_search",
+    "ema_decay", "scales", "content_layers", "style_layers", "multi_style", "photoreal_two_stage", "device",
+    "precision",
+)
+
+
+def batch_key(config: StyleConfig, content_hw: tuple[int, int], n_styles: int) -> tuple | None:
+    """Jobs with equal keys can share one batched optimisation; None: this job runs alone
+    (a line search or the two-stage photorealism run evaluate per job)."""
+    if config.lbfgs_line_search or (config.photoreal_two_stage and config.photoreal_weight):
+        return None
+    sequential = config.multi_style == "sequential" and n_styles > 1
+    return (tuple(getattr(config, f) for f in BATCH_FIELDS), tuple(content_hw), n_styles if sequential else 1)
+
+
 def stylize(
     content,
     styles: Sequence,
@@ -134,151 +165,225 @@ def stylize(
     if isinstance(config, dict):
         config = make_config(**config)
     config = config or StyleConfig()
-    if not styles:
-        raise ConfigError("at least one style image is required")
     if config.photoreal_two_stage and config.photoreal_weight:  # plain, then regularised (nst.photoreal)
+        if not styles:
+            raise ConfigError("at least one style image is required")
         from .photoreal import stylize_two_stage
 
         return stylize_two_stage(stylize, content, styles, config, callback=callback, log_every=log_every,
                                  image_every=image_every, cache=cache, extra_terms=extra_terms,
                                  style_masks=style_masks)
-    if config.style_weights is not None and len(config.style_weights) != len(styles):
-        raise ConfigError(f"style_weights: {len(config.style_weights)} weights for {len(styles)} styles")
-    if style_masks is not None and len(style_masks) != len(styles):
-        raise ConfigError(f"style_masks: {len(style_masks)} masks for {len(styles)} styles")
-    if style_masks is not None and config.multi_style == "sequential" and len(styles) > 1:
+    job = StyleJob(content, styles, config, callback, extra_terms, style_masks)
+    return stylize_batch([job], log_every=log_every, image_every=image_every, cache=cache)[0]
+
+
+@dataclass
+class _Sample:
+    """A job's state inside `stylize_batch`."""
+
+    job: StyleJob
+    config: StyleConfig
+    content: torch.Tensor
+    styles: list[torch.Tensor]
+    blend: list[float]
+    cw: dict[str, float]
+    sw: dict[str, float]
+    generator: torch.Generator
+    history: list[dict[str, float]] = field(default_factory=list)
+    stages: list[dict[str, object]] = field(default_factory=list)
+    current: torch.Tensor | None = None  # input of the next style stage (sequential multi-style)
+    x: torch.Tensor | None = None  # result of the last scale
+    prev_content: torch.Tensor | None = None
+    stage: _Stage | None = None
+    loss_fn: PerceptualLoss | None = None
+    init: torch.Tensor | None = None
+
+
+def _check_job(job: StyleJob) -> StyleConfig:
+    config = make_config(**job.config) if isinstance(job.config, dict) else (job.config or StyleConfig())
+    if not job.styles:
+        raise ConfigError("at least one style image is required")
+    if config.style_weights is not None and len(config.style_weights) != len(job.styles):
+        raise ConfigError(f"style_weights: {len(config.style_weights)} weights for {len(job.styles)} styles")
+    masks = job.style_masks
+    if masks is not None and len(masks) != len(job.styles):
+        raise ConfigError(f"style_masks: {len(masks)} masks for {len(job.styles)} styles")
+    if masks is not None and config.multi_style == "sequential" and len(job.styles) > 1:
         raise ConfigError("style_masks need multi_style=blend (all styles in one optimisation)")
-    if style_masks is not None and config.style_loss != "gram":
+    if masks is not None and config.style_loss != "gram":
         raise ConfigError("style_masks (guided Gram matrices) need style_loss=gram")
+    return config
+
+
+def stylize_batch(
+    jobs: Sequence[StyleJob],
+    *,
+    log_every: int = 1,
+    image_every: int = 0,
+    cache: TargetCache | None = None,
+    max_batch_pixels: int | None = None,
+) -> list[StyleResult]:
+    """Run several optimisations of the same shape as one batch: one forward/backward per step for all.
+
+    Jobs must agree on `batch_key` (network, schedule, optimiser and content size); each keeps its
+    own content, styles, loss weights, seed, targets, loss history and callback, and its result is
+    the one it would get alone (L-BFGS per sample: `nst.lbfgs.BatchLBFGS`; Adam is elementwise).
+    At each scale the batch is cut into chunks of at most `max_batch_pixels` pixels (at least one
+    job per chunk): on a CPU, batching pays only for small images; on a GPU it fills the device.
+    Timings of a job are its share of its chunks' time; ``info["batch"]`` says how many ran together.
+    """
+    if not jobs:
+        return []
     t0 = time.perf_counter()
+    configs = [_check_job(j) for j in jobs]
+    config = configs[0]
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    generator = seed_everything(config.seed)
     cache = cache if cache is not None else DEFAULT_CACHE
-
-    content_img = as_image(content, config.size)
-    style_imgs = [as_image(s, style_size(content_img, config.style_scale)) for s in styles]
-    blend = list(config.style_weights or [1.0] * len(style_imgs))
 
     backbone = backbones.get_backbone(config.backbone, config.pooling, config.weights, device)
     content_layers = list(config.content_layers or backbone.default_content_layers)
     style_layers = list(config.style_layers or backbone.default_style_layers)
     backbone.check_layers(content_layers, "content layer")
     backbone.check_layers(style_layers, "style layer")
-    try:
-        cw = normalised_layer_weights(content_layers, config.content_layer_weights)
-        sw = normalised_layer_weights(style_layers, config.style_layer_weights)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
     extractor = FeatureExtractor(backbone, content_layers + style_layers, precision)
 
-    if config.multi_style == "sequential" and len(style_imgs) > 1:
-        plan = [[i] for i in range(len(style_imgs))]
-    else:
-        plan = [list(range(len(style_imgs)))]
+    samples: list[_Sample] = []
+    for job, cfg in zip(jobs, configs):
+        content_img = as_image(job.content, cfg.size)
+        style_imgs = [as_image(s, style_size(content_img, cfg.style_scale)) for s in job.styles]
+        try:
+            cw = normalised_layer_weights(content_layers, cfg.content_layer_weights)
+            sw = normalised_layer_weights(style_layers, cfg.style_layer_weights)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        samples.append(_Sample(job, cfg, content_img, style_imgs, list(cfg.style_weights or [1.0] * len(style_imgs)),
+                               cw, sw, seed_everything(cfg.seed), current=content_img))
+    key = batch_key(config, tuple(samples[0].content.shape[-2:]), len(jobs[0].styles))
+    for i, (cfg, smp) in enumerate(zip(configs, samples)):
+        if i and (key is None or batch_key(cfg, tuple(smp.content.shape[-2:]), len(smp.styles)) != key):
+            raise ConfigError(f"job {i} cannot share a batch with job 0 (different shape, network, schedule or "
+                              "optimiser, or a setting that runs alone)")
+
+    # Style stages: one per style in sequential mode (then every job has as many styles, see `batch_key`),
+    # else one with all of a job's styles.
+    sequential = config.multi_style == "sequential" and len(samples[0].styles) > 1
+    plan = [[i] for i in range(len(samples[0].styles))] if sequential else [None]
     # Coarse-to-fine: the `scales` stages, then the full size.  Caller-made extra terms are built for
     # the full size, so with them the run stays at one scale.
-    schedule = pyramid(config, tuple(content_img.shape[-2:]), single=bool(extra_terms))
+    single = bool(samples[0].job.extra_terms)
+    if any(bool(s.job.extra_terms) != single for s in samples):
+        raise ConfigError("jobs with extra loss terms (one scale) cannot share a batch with jobs without them")
+    schedule = pyramid(config, tuple(samples[0].content.shape[-2:]), single=single)
     total_steps = sum(n for _, n in schedule) * len(plan)
 
-    history: list[dict[str, float]] = []
-    stages_info: list[dict[str, object]] = []
-    current = content_img
     setup_s = time.perf_counter() - t0
     opt_start = time.perf_counter()
     target_s = 0.0
     for stage_idx, style_ids in enumerate(plan):
-        x = None
-        prev_content = None
+        for smp in samples:
+            smp.x = smp.prev_content = None
         for scale_idx, (hw, n_steps) in enumerate(schedule):
             full = scale_idx == len(schedule) - 1
             t_targets = time.perf_counter()
-            # Content and styles at this scale: the style keeps its size relative to the content's.
-            scaled = current if full else resize(current, hw)
-            scaled_styles = [
-                style_imgs[i] if full else resize_longest(style_imgs[i], style_size(scaled, config.style_scale))
-                for i in style_ids
-            ]
-            stage = _prepare_stage(scaled, scaled_styles, [blend[i] for i in style_ids], config)
-            loss_fn = _build_loss(
-                stage, extractor, content_layers, style_layers, cw, sw, config, cache, device,
-                None if style_masks is None else [style_masks[i] for i in style_ids],
-            )
-            if full:
-                for name, weight, term in extra_terms or []:
-                    loss_fn.add_term(name, weight, term)
-            if config.photoreal_weight:  # Luan et al.: Laplacian of the content at the size of the image optimised
-                from .photoreal import photoreal_term
-
-                loss_fn.add_term("photoreal", config.photoreal_weight, photoreal_term(stage.content, config))
-            if x is None:
-                init = _initial_image(config, stage.content, generator, stage_idx)
-            else:  # the coarser result, upsampled
-                init = upsample(x, hw)
-                if config.scale_detail:  # plus the content's detail that the coarser scale could not hold
-                    init = (init + stage.content - upsample(prev_content, hw)).clamp(0, 1)
-            prev_content = stage.content
+            for smp in samples:
+                ids = style_ids if style_ids is not None else list(range(len(smp.styles)))
+                _prepare_sample(smp, stage_idx, ids, hw, full, extractor, content_layers, style_layers, cache, device)
             target_s += time.perf_counter() - t_targets
-            t_scale = time.perf_counter()
-            evals = [0]
-            x = _run(
-                init.to(device),
-                extractor,
-                loss_fn,
-                config,
-                stage_idx,
-                len(history),
-                total_steps,
-                history,
-                callback,
-                log_every,
-                image_every,
-                opt_start,
-                stage.chroma_source,
-                n_steps,
-                evals,
-            )
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            stages_info.append({"stage": stage_idx, "size": list(hw), "steps": n_steps, "evals": evals[0],
-                                "optimize_s": time.perf_counter() - t_scale})
-        current = _finish(x, stage.chroma_source)
+            per_chunk = len(samples)
+            if max_batch_pixels:
+                per_chunk = max(1, min(per_chunk, max_batch_pixels // max(1, hw[0] * hw[1])))
+            for lo in range(0, len(samples), per_chunk):
+                chunk = samples[lo: lo + per_chunk]
+                t_scale = time.perf_counter()
+                evals = [0]
+                out = _run(
+                    torch.cat([s.init for s in chunk]).to(device), extractor, chunk, config, stage_idx, total_steps,
+                    log_every, image_every, opt_start, n_steps, evals,
+                )
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                spent = (time.perf_counter() - t_scale) / len(chunk)
+                for b, smp in enumerate(chunk):
+                    smp.x = out[b: b + 1]
+                    smp.stages.append({"stage": stage_idx, "size": list(hw), "steps": n_steps, "evals": evals[0],
+                                       "optimize_s": spent, "batch": len(chunk)})
+        for smp in samples:
+            smp.current = _finish(smp.x, smp.stage.chroma_source)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    opt_s = time.perf_counter() - opt_start - target_s
-    steps_done = max(1, len(history))
-    # seconds per step at the requested size (the coarse steps are much cheaper)
-    full_stages = [st for st in stages_info if st["size"] == list(content_img.shape[-2:]) and st["steps"]]
-    per_step = (
-        sum(st["optimize_s"] for st in full_stages) / sum(st["steps"] for st in full_stages)
-        if full_stages else (opt_s / steps_done if history else 0.0)
+    opt_s = (time.perf_counter() - opt_start - target_s) / len(samples)
+    total_s = time.perf_counter() - t0
+    results = []
+    for smp in samples:
+        # seconds per step at the requested size (the coarse steps are much cheaper)
+        full_stages = [st for st in smp.stages if st["size"] == list(smp.content.shape[-2:]) and st["steps"]]
+        per_step = (
+            sum(st["optimize_s"] for st in full_stages) / sum(st["steps"] for st in full_stages)
+            if full_stages else (opt_s / max(1, len(smp.history)) if smp.history else 0.0)
+        )
+        timings = {
+            "setup_s": setup_s / len(samples),
+            "targets_s": target_s / len(samples),
+            "optimize_s": opt_s,
+            "total_s": total_s / len(samples),
+            "s_per_step": per_step,
+        }
+        info = {
+            "device": str(device),
+            "precision": precision,
+            "backbone": backbone.name,
+            "weights_source": backbone.weights_source,
+            "pretrained": backbone.pretrained,
+            "pooling": backbone.pooling,
+            "winograd_layers": len(backbone.fast_convs),
+            "content_layers": content_layers,
+            "style_layers": style_layers,
+            "content_size": list(smp.content.shape[-2:]),
+            "style_sizes": [list(s.shape[-2:]) for s in smp.styles],
+            "steps": len(smp.history),
+            "stages": smp.stages,
+            "batch": len(samples),
+            "cache_hits": cache.hits,
+        }
+        if device.type == "cuda":
+            info["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        results.append(StyleResult(smp.current.cpu(), smp.history, timings, info, smp.config))
+    return results
+
+
+def _prepare_sample(smp: _Sample, stage_idx: int, style_ids: list[int], hw: tuple[int, int], full: bool,
+                    extractor: FeatureExtractor, content_layers, style_layers, cache: TargetCache,
+                    device: torch.device) -> None:
+    """A job's inputs, loss and starting image at one scale of one style stage."""
+    config = smp.config
+    # Content and styles at this scale: the style keeps its size relative to the content's.
+    scaled = smp.current if full else resize(smp.current, hw)
+    scaled_styles = [
+        smp.styles[i] if full else resize_longest(smp.styles[i], style_size(scaled, config.style_scale))
+        for i in style_ids
+    ]
+    stage = _prepare_stage(scaled, scaled_styles, [smp.blend[i] for i in style_ids], config)
+    masks = smp.job.style_masks
+    loss_fn = _build_loss(
+        stage, extractor, content_layers, style_layers, smp.cw, smp.sw, config, cache, device,
+        None if masks is None else [masks[i] for i in style_ids],
     )
-    timings = {
-        "setup_s": setup_s,
-        "targets_s": target_s,
-        "optimize_s": opt_s,
-        "total_s": time.perf_counter() - t0,
-        "s_per_step": per_step,
-    }
-    info = {
-        "device": str(device),
-        "precision": precision,
-        "backbone": backbone.name,
-        "weights_source": backbone.weights_source,
-        "pretrained": backbone.pretrained,
-        "pooling": backbone.pooling,
-        "winograd_layers": len(backbone.fast_convs),
-        "content_layers": content_layers,
-        "style_layers": style_layers,
-        "content_size": list(content_img.shape[-2:]),
-        "style_sizes": [list(s.shape[-2:]) for s in style_imgs],
-        "steps": len(history),
-        "stages": stages_info,
-        "cache_hits": cache.hits,
-    }
-    if device.type == "cuda":
-        info["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return StyleResult(current.cpu(), history, timings, info, config)
+    if full:
+        for name, weight, term in smp.job.extra_terms or []:
+            loss_fn.add_term(name, weight, term)
+    if config.photoreal_weight:  # Luan et al.: Laplacian of the content at the size of the image optimised
+        from .photoreal import photoreal_term
+
+        loss_fn.add_term("photoreal", config.photoreal_weight, photoreal_term(stage.content, config))
+    if smp.x is None:
+        init = _initial_image(config, stage.content, smp.generator, stage_idx)
+    else:  # the coarser result, upsampled
+        init = upsample(smp.x, hw)
+        if config.scale_detail:  # plus the content's detail that the coarser scale could not hold
+            init = (init + stage.content - upsample(smp.prev_content, hw)).clamp(0, 1)
+    smp.prev_content = stage.content
+    smp.stage, smp.loss_fn, smp.init = stage, loss_fn, init
 
 
 def _prepare_stage(content: torch.Tensor, styles: list[torch.Tensor], blend: list[float], config: StyleConfig) -> _Stage:
@@ -380,53 +485,56 @@ def _finish(x: torch.Tensor, chroma_source: torch.Tensor | None) -> torch.Tensor
 def _run(
     init: torch.Tensor,
     extractor: FeatureExtractor,
-    loss_fn: PerceptualLoss,
+    samples: list[_Sample],
     config: StyleConfig,
     stage: int,
-    step_offset: int,
     total_steps: int,
-    history: list[dict[str, float]],
-    callback,
     log_every: int,
     image_every: int,
     start: float,
-    chroma_source: torch.Tensor | None,
-    steps: int | None = None,
-    evals: list[int] | None = None,
+    steps: int,
+    evals: list[int],
 ) -> torch.Tensor:
-    """`steps` optimisation steps from `init`; returns the image (the iterate average with `ema_decay`).
+    """`steps` optimisation steps of the batch `init` (one image per sample); returns the images
+    (the iterate averages with `ema_decay`).
 
-    Loss values stay on the device until they are flushed (every step on a CPU, every `log_every`
-    steps on a GPU), so the loop itself makes no host-device synchronisation of its own.
+    Each sample's loss is its own module on its slice of one batched feature pass; their sum is
+    differentiated once.  Loss values stay on the device until they are flushed (every step on a
+    CPU, every `log_every` steps on a GPU), so the loop itself makes no host-device sync of its own.
     """
-    steps = config.steps if steps is None else steps
-    evals = evals if evals is not None else [0]
-    x = init.detach().clone().contiguous().requires_grad_(True)  # L-BFGS needs a flat view
+    x = init.detach().clone().contiguous().requires_grad_(True)
     lr = config.learning_rate
-    if config.optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(
-            [x], lr=lr, max_iter=1, history_size=config.lbfgs_history, tolerance_grad=0.0, tolerance_change=0.0,
-            line_search_fn="strong_wolfe" if config.lbfgs_line_search else None,
-        )
+    if config.optimizer == "lbfgs" and config.lbfgs_line_search:  # one job (see `batch_key`)
+        opt = torch.optim.LBFGS([x], lr=lr, max_iter=1, history_size=config.lbfgs_history, tolerance_grad=0.0,
+                                tolerance_change=0.0, line_search_fn="strong_wolfe")
+    elif config.optimizer == "lbfgs":
+        opt = BatchLBFGS(x, lr=lr, history_size=config.lbfgs_history)
     else:
         opt = torch.optim.Adam([x], lr=lr)
     ema = torch.zeros_like(x.detach()) if config.optimizer == "adam" and config.ema_decay else None
     ema_weight = [0.0]  # 1 - decay**t, for the bias correction
-    last: dict[str, torch.Tensor] = {}
+    last: list[dict[str, torch.Tensor]] = []
+    offsets = [len(s.history) for s in samples]
 
     def closure():
-        opt.zero_grad(set_to_none=True)
-        total, terms = loss_fn(x, extractor(x))
+        opt.zero_grad()
+        feats = extractor(x)
+        total = x.new_zeros(())
+        terms_all = []
+        for b, smp in enumerate(samples):
+            tb, terms = smp.loss_fn(x[b: b + 1], {k: v[b: b + 1] for k, v in feats.items()})
+            total = total + tb
+            terms_all.append(terms)
         total.backward()
         evals[0] += 1
         if not last:  # the losses at the start of the step (a line search evaluates more points)
-            last.update({k: v.detach() for k, v in terms.items()})
+            last.extend({k: v.detach() for k, v in t.items()} for t in terms_all)
         return total
 
     def current() -> torch.Tensor:
         return x if ema is None or not ema_weight[0] else ema / ema_weight[0]
 
-    pending: list[tuple[int, dict[str, torch.Tensor], float]] = []
+    pending: list[list[tuple[int, dict[str, torch.Tensor], float]]] = [[] for _ in samples]
     for i in range(steps):
         last.clear()
         opt.step(closure)
@@ -436,17 +544,22 @@ def _run(
                 if ema is not None:  # bias-corrected EMA of the iterates (crowsonkb's style-transfer)
                     ema.lerp_(x, 1 - config.ema_decay)
                     ema_weight[0] = 1 - (1 - ema_weight[0]) * config.ema_decay
-        step = step_offset + i + 1
-        pending.append((step, dict(last), time.perf_counter() - start))
+        elapsed = time.perf_counter() - start
         is_last = i == steps - 1
-        if (step % log_every == 0) or is_last or x.device.type == "cpu":
-            _flush(pending, history, stage)
-            if callback is not None and (step % log_every == 0 or is_last):
-                image = None
-                if image_every and (step % image_every == 0 or is_last):
-                    image = _finish(current(), chroma_source)
-                callback(StepInfo(step, total_steps, stage, _losses(history[-1]), history[-1]["time"], image))
-    _flush(pending, history, stage)
+        for b, smp in enumerate(samples):
+            step = offsets[b] + i + 1
+            pending[b].append((step, last[b], elapsed))
+            if (step % log_every == 0) or is_last or x.device.type == "cpu":
+                _flush(pending[b], smp.history, stage)
+                cb = smp.job.callback
+                if cb is not None and (step % log_every == 0 or is_last):
+                    image = None
+                    if image_every and (step % image_every == 0 or is_last):
+                        image = _finish(current()[b: b + 1], smp.stage.chroma_source)
+                    h = smp.history[-1]
+                    cb(StepInfo(step, total_steps, stage, _losses(h), h["time"], image))
+    for b, smp in enumerate(samples):
+        _flush(pending[b], smp.history, stage)
     return current().detach()
 
 

@@ -1,0 +1,116 @@
+"""L-BFGS for a batch of independent problems stacked along dim 0 (one image per grid cell).
+
+`torch.optim.LBFGS` treats its parameters as one vector: run on a batch of images it would
+couple them (one curvature history, one step length from global dot products), so a cell's
+result would depend on which cells it was batched with.  `BatchLBFGS` keeps one L-BFGS
+state per sample (its own history, scaling and step length; every dot product per sample) and
+follows `torch.optim.LBFGS(max_iter=1, line_search_fn=None, tolerance_grad=0,
+tolerance_change=0)` step for step, rejected curvature pairs and a full history included: a batch
+of one makes the same iterates, and a sample makes the same iterates whatever it is batched with
+(up to float summation order).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample dot products of ``[B, P]`` tensors: ``[B]``."""
+    return torch.linalg.vecdot(a, b, dim=1)
+
+
+class BatchLBFGS:
+    """One L-BFGS iteration per `step` (unit step after the first, no line search) per sample of `x`.
+
+    The history is a list of steps shared by the batch, each with a per-sample validity: a sample
+    that rejects a curvature pair (``y.s <= 1e-10``) or has dropped it as its oldest (history full)
+    sees it as a no-op (``rho = 0``), which is exactly its own L-BFGS's history.  Nothing in a step
+    waits on the device (no ``.item()``), unless the shared list outgrows `history_size`.
+    """
+
+    def __init__(self, x: torch.Tensor, lr: float = 1.0, history_size: int = 100) -> None:
+        if not x.is_leaf or not x.requires_grad:
+            raise ValueError("BatchLBFGS optimises a leaf tensor that requires grad")
+        self.x = x
+        self.lr = float(lr)
+        self.history_size = int(history_size)
+        self._y: list[torch.Tensor] = []  # gradient differences, [B, P] each
+        self._s: list[torch.Tensor] = []  # steps taken, [B, P] each
+        self._rho: list[torch.Tensor] = []  # 1 / (y.s) where the sample keeps the pair, else 0; [B] each
+        self._count: torch.Tensor | None = None  # pairs each sample keeps, [B]
+        self._h_diag: torch.Tensor | None = None  # initial inverse-Hessian scale per sample
+        self._d: torch.Tensor | None = None  # last direction
+        self._t: torch.Tensor | None = None  # last step length per sample
+        self._prev_grad: torch.Tensor | None = None
+        self.iterations = 0
+
+    def zero_grad(self) -> None:
+        self.x.grad = None
+
+    def _flat_grad(self) -> torch.Tensor:
+        b = self.x.shape[0]
+        if self.x.grad is None:
+            return torch.zeros(b, self.x[0].numel(), dtype=self.x.dtype, device=self.x.device)
+        return self.x.grad.reshape(b, -1)
+
+    def _remember(self, y: torch.Tensor, s: torch.Tensor, ys: torch.Tensor) -> None:
+        """Add a curvature pair for the samples that accept it, each dropping its oldest if full."""
+        accept = ys > 1e-10
+        if len(self._y) >= self.history_size:  # only then can a sample's own history be full
+            evict = accept & (self._count >= self.history_size)
+            for i in range(len(self._rho)):  # oldest first: each evicting sample drops its oldest kept pair
+                hit = evict & (self._rho[i] != 0)
+                self._rho[i] = torch.where(hit, torch.zeros_like(self._rho[i]), self._rho[i])
+                evict = evict & ~hit
+            self._count = self._count - (accept & (self._count >= self.history_size)).to(self._count.dtype)
+        self._y.append(y)
+        self._s.append(s)
+        self._rho.append(torch.where(accept, 1.0 / ys, torch.zeros_like(ys)))
+        self._count = self._count + accept.to(self._count.dtype)
+        self._h_diag = torch.where(accept, ys / _dot(y, y), self._h_diag)
+        while len(self._y) > self.history_size and not bool((self._rho[0] != 0).any()):  # kept by no sample
+            self._y.pop(0)
+            self._s.pop(0)
+            self._rho.pop(0)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Evaluate the loss and its gradient with `closure` (which must call backward), then move."""
+        with torch.enable_grad():
+            loss = closure()
+        g = self._flat_grad()
+        self.iterations += 1
+        if self.iterations == 1:
+            d = g.neg()
+            self._h_diag = torch.ones(g.shape[0], dtype=g.dtype, device=g.device)
+            self._count = torch.zeros(g.shape[0], dtype=torch.long, device=g.device)
+        else:
+            y = g - self._prev_grad
+            s = self._d * self._t[:, None]
+            self._remember(y, s, _dot(y, s))
+            # two-loop recursion: d = -H g, per sample (a pair with rho = 0 changes nothing)
+            q = g.neg()
+            alphas: list[torch.Tensor] = [None] * len(self._y)  # type: ignore[list-item]
+            for i in range(len(self._y) - 1, -1, -1):
+                alphas[i] = _dot(self._s[i], q) * self._rho[i]
+                q.sub_(self._y[i] * alphas[i][:, None])
+            d = q.mul_(self._h_diag[:, None])
+            for i in range(len(self._y)):
+                beta = _dot(self._y[i], d) * self._rho[i]
+                d.add_(self._s[i] * (alphas[i] - beta)[:, None])
+        if self._prev_grad is None:
+            self._prev_grad = g.clone()
+        else:
+            self._prev_grad.copy_(g)
+        if self.iterations == 1:  # torch's first step: min(1, 1/|g|_1) * lr
+            t = torch.clamp(1.0 / g.abs().sum(dim=1), max=1.0) * self.lr
+        else:
+            t = torch.full((g.shape[0],), self.lr, dtype=g.dtype, device=g.device)
+        # torch stops (does not move) where d is not a descent direction
+        move = (_dot(g, d) <= 0).to(g.dtype)
+        self.x.add_((d * (t * move)[:, None]).view_as(self.x))
+        self._d, self._t = d, t
+        return loss
