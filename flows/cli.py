@@ -20,6 +20,8 @@ def add_commands(sub) -> None:
     r.add_argument("--grid", required=True, help="grid name (see `nst grid list`)")
     r.add_argument("--dry-run", action="store_true", help="print the cells and which would be skipped; run nothing")
     r.add_argument("--workers", type=int, help="cells at a time (default: one per GPU, else 1 on CPU)")
+    r.add_argument("--batch", type=int, metavar="N",
+                   help="optimise up to N cells of one shape together (default: the grid's `batch`, else 1)")
     r.add_argument("--devices", nargs="+", help="explicit devices, one running cell each (e.g. cuda:0 cuda:1)")
     r.add_argument("--executor", choices=("local", "deployment"), default="local",
                    help="local threads, or runs of the nst-cell deployment on a work pool (fleet)")
@@ -107,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         devices = (args.devices * args.workers)[: max(args.workers, len(args.devices))]
     flow = grid_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=len(devices)))
     out = flow(str(Path(args.file).resolve()), args.grid, devices=devices, executor=args.executor,
-               progress=not args.quiet, reports_dir=args.reports, deployment=args.deployment)
+               progress=not args.quiet, reports_dir=args.reports, deployment=args.deployment, batch=args.batch)
     failed = [r for r in out["results"] if r["status"] != "FINISHED"]
     rep = out["report"]
     print(f"grid {args.grid}: {out['cells']} cells: {out['skipped']} skipped (finished before), "

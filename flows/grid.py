@@ -31,7 +31,7 @@ from nst.errors import ConfigError
 from nst.experiments import Cell, Grid, load_grid
 from tasks import report as report_mod
 from tasks import settings, tracking
-from tasks.cell import CANCEL, METHODS, configure_devices, default_devices, stylize_cell
+from tasks.cell import CANCEL, METHODS, batch_group, configure_devices, default_devices, stylize_cell, stylize_cells
 
 CELL_DEPLOYMENT = "nst-cell/nst-cell"
 
@@ -66,12 +66,19 @@ def grid_flow(
     deployment: str = CELL_DEPLOYMENT,
     overrides: dict[str, Any] | None = None,
     overrides_at: str = "overrides",
+    batch: int | None = None,
 ) -> dict[str, Any]:
-    """Run the missing cells of `grid` and write its comparison report; returns a summary."""
+    """Run the missing cells of `grid` and write its comparison report; returns a summary.
+
+    `batch` (default: the grid's own ``batch``) is how many cells of the same shape may share one
+    batched optimisation (local executor); results do not depend on it.
+    """
     from tqdm import tqdm
 
     if executor not in ("local", "deployment"):
         raise ConfigError(f"executor: unknown '{executor}' (local or deployment)")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"batch: {batch} (must be at least 1)")
     g, _, done = plan(experiments, grid, overrides, overrides_at)
     exp_id = tracking.experiment_id(grid)
     for run_id in tracking.close_abandoned_runs(exp_id):
@@ -90,7 +97,8 @@ def grid_flow(
         bar = tqdm(total=len(pending), desc=f"grid {grid}", unit="cell", disable=not progress, dynamic_ncols=True)
         try:
             if executor == "local":
-                results = _run_local(pending, exp_id, parent_id, devices, progress, bar)
+                results = _run_local(pending, exp_id, parent_id, devices, progress, bar,
+                                     batch or g.spec.batch, g.spec.batch_pixels)
             else:
                 results = _run_deployments(pending, exp_id, parent_id, deployment, bar)
         finally:
@@ -110,14 +118,34 @@ def grid_flow(
     }
 
 
-def _run_local(pending: list[Cell], exp_id: str, parent_id: str, devices, progress: bool, bar) -> list[dict]:
-    from prefect.futures import as_completed
+def batches(cells: list[Cell], batch: int) -> list[list[Cell]]:
+    """Cells in units of work: up to `batch` cells of one `batch_group` together, in grid order."""
+    if batch <= 1:
+        return [[c] for c in cells]
+    units: list[list[Cell]] = []
+    open_units: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        key = batch_group(c)
+        if key is None:
+            units.append([c])
+            continue
+        unit = open_units.get(key)
+        if unit is None or len(unit) >= batch:
+            unit = open_units[key] = []
+            units.append(unit)
+        unit.append(c)
+    return units
 
+
+def _run_local(pending: list[Cell], exp_id: str, parent_id: str, devices, progress: bool, bar,
+               batch: int = 1, batch_pixels: int | None = None) -> list[dict]:
     configure_devices(devices or default_devices())
-    futures = stylize_cell.with_options(cache_policy=NO_CACHE).map(
-        [c.to_dict() for c in pending], unmapped(exp_id), unmapped(parent_id), unmapped(progress and len(pending) > 0)
+    units = batches(pending, batch)
+    futures = stylize_cells.with_options(cache_policy=NO_CACHE).map(
+        [[c.to_dict() for c in u] for u in units], unmapped(exp_id), unmapped(parent_id),
+        unmapped(progress and len(pending) > 0), unmapped(batch_pixels),
     )
-    by_future = {id(f): c for f, c in zip(futures, pending)}
+    by_future = {id(f): u for f, u in zip(futures, units)}
     results: list[dict] = []
     CANCEL.clear()
     try:
@@ -137,16 +165,18 @@ def _collect(futures, by_future, results: list[dict], bar) -> None:
     from prefect.futures import as_completed
 
     for fut in as_completed(futures):
-        cell = by_future[id(fut)]
+        unit = by_future[id(fut)]
         fut.wait()
         try:
             res = fut.result()
         except Exception as exc:  # retries exhausted on an unexpected error: the grid goes on
-            res = {"cell_id": cell.cell_id, "run_id": None, "status": "FAILED", "error": f"{type(exc).__name__}: {exc}"}
-        results.append(res)
-        bar.update(1)
-        if res["status"] != "FINISHED":
-            bar.write(f"cell {cell.index} ({cell.name}) failed: {res['error']}")
+            res = [{"cell_id": c.cell_id, "run_id": None, "status": "FAILED", "error": f"{type(exc).__name__}: {exc}"}
+                   for c in unit]
+        for cell, r in zip(unit, res):
+            results.append(r)
+            bar.update(1)
+            if r["status"] != "FINISHED":
+                bar.write(f"cell {cell.index} ({cell.name}) failed: {r['error']}")
 
 
 def _run_deployments(pending: list[Cell], exp_id: str, parent_id: str, deployment: str, bar) -> list[dict]:

@@ -94,6 +94,9 @@ class GridSpec(BaseModel):
     evaluate: bool = True
     eval_resolution: int = Field(512, ge=16, le=4096)
     intermediate_images: int = Field(3, ge=0, le=50)
+    batch: int = Field(1, ge=1, le=1024, description="cells of one shape optimised together (results do not change)")
+    batch_pixels: Optional[int] = Field(
+        None, ge=1, description="pixels per batched forward (default: 65536 on a CPU, no limit on a GPU)")
 
 
 #: What a report figure shows of its grids' runs (see `FigureSpec`).

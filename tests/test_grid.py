@@ -53,6 +53,44 @@ def _run(home: Path) -> dict:
     return flow(str(home / "exp.yaml"), "tiny", devices=["cpu"], progress=False, reports_dir=str(home / "reports"))
 
 
+def test_batched_grid_logs_each_cell_and_isolates_a_bad_input(home: Path, prefect_server):
+    """`batch: 3`: the two readable cells share one optimisation, the corrupt one fails alone;
+    one run per cell, none left RUNNING, and the grouping keeps other shapes and methods apart.
+
+    (Before the CLI test below: the module's Prefect harness, and its console log handler, must not
+    start inside a test that captures, then closes, the output streams.)"""
+    from mlflow import MlflowClient
+
+    from flows.grid import batches
+    from nst.experiments import load_grid
+
+    exp = home / "exp.yaml"
+    exp.write_text(GRID.format().replace("intermediate_images: 1", "intermediate_images: 1\n    batch: 3"))
+    out = _run(home)
+    assert sorted(r["status"] for r in out["results"]) == ["FAILED", "FINISHED", "FINISHED"]
+    client = MlflowClient(f"sqlite:///{home / 'home' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("nst-grid/tiny").experiment_id])
+    children = [r for r in runs if "cell_id" in r.data.tags]
+    assert len(children) == 3 and not [r for r in runs if r.info.status == "RUNNING"]
+    ok = [r for r in children if r.info.status == "FINISHED"]
+    assert [r.data.metrics["batch"] for r in ok] == [2.0, 2.0]
+    assert {r.data.tags["axis.style"] for r in ok} == {"starry_night", "the_scream"}
+    assert all([m.step for m in client.get_metric_history(r.info.run_id, "loss_total")] == [1, 2, 3, 4] for r in ok)
+    assert all(r.data.metrics["eval_style_distance"] > 0 for r in ok)
+
+    # grouping: same shape and schedule together (at most `batch`), other sizes apart, grid order kept
+    shutil.copy(image("chelsea.png"), home / "chelsea.png")
+    exp.write_text(GRID.format().replace("[tubingen.jpg]", "[tubingen.jpg, chelsea.png]")
+                   .replace("corrupt.jpg", "wave.jpg").replace("[vgg19]", "[vgg19, alexnet]"))
+    shutil.copy(image("wave.jpg"), home / "wave.jpg")
+    cells = load_grid(exp, "tiny").cells
+    units = batches(cells, 2)
+    assert sorted(len(u) for u in units) == [1] * 4 + [2] * 4 and sum(len(u) for u in units) == len(cells) == 12
+    for u in units:
+        assert len({(c.content, c.config.backbone) for c in u}) == 1
+    assert batches(cells, 1) == [[c] for c in cells]
+
+
 def test_tiny_grid_tracks_reports_and_resumes(home: Path, prefect_server, capsys):
     from mlflow import MlflowClient
 
