@@ -521,8 +521,14 @@ def _run(
         feats = extractor(x)
         total = x.new_zeros(())
         terms_all = []
-        for b, smp in enumerate(samples):
-            tb, terms = smp.loss_fn(x[b: b + 1], {k: v[b: b + 1] for k, v in feats.items()})
+        if len(samples) == 1:
+            per_sample = [(x, feats)]
+        else:  # split, not sliced: one gradient concatenation per layer instead of B full-size zero-pads
+            xs = x.split(1)
+            fs = {k: v.split(1) for k, v in feats.items()}
+            per_sample = [(xs[b], {k: f[b] for k, f in fs.items()}) for b in range(len(samples))]
+        for smp, (xb, fb) in zip(samples, per_sample):
+            tb, terms = smp.loss_fn(xb, fb)
             total = total + tb
             terms_all.append(terms)
         total.backward()
