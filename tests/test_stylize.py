@@ -118,3 +118,10 @@ def test_evaluator_scores(content48, starry48, small_evaluator) -> None:
     s = small_evaluator.score(styled, content48, [starry48])
     assert s.style_distance < same.style_distance  # transfer moved it toward the style
     assert s.content_distance > 0 and s.ssim < 1
+
+
+def test_lbfgs_line_search_uses_torch_lbfgs_and_falls(content48, starry48) -> None:
+    """The strong-Wolfe option runs alone through torch's LBFGS (more evaluations than steps)."""
+    r = stylize(content48, [starry48], StyleConfig(**{**FAST, "steps": 4}, lbfgs_line_search=True, scales=None))
+    assert len(r.history) == 4 and r.history[-1]["total"] < r.history[0]["total"]
+    assert r.info["stages"][-1]["evals"] >= 4 and r.info["batch"] == 1
