@@ -1,7 +1,9 @@
 """Stylise, evaluate and log one grid cell: the unit of GPU work, a thin adapter over `nst`.
 
 `run_cell` is plain Python (callable without Prefect); `stylize_cell` is the
-Prefect task around it.  A cell always ends as a child MLflow run that is
+Prefect task around it.  `run_cells` / `stylize_cells` do the same for a unit of
+cells of one `batch_group`, optimised together by `nst.optimize.stylize_batch`
+(each still its own run).  A cell always ends as a child MLflow run that is
 FINISHED or FAILED (with the error as a tag): bad inputs and diverged
 optimisations fail the cell and the grid goes on; other errors (CUDA out of
 memory, a lost tracking server) are raised so Prefect retries the task.
