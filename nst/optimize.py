@@ -114,7 +114,7 @@ class StyleJob:
 
     content: object  # path or [1, 3, H, W] tensor
     styles: Sequence
-    config: StyleConfig
+    config: StyleConfig | dict | None  # a dict or None is read as in `stylize`
     callback: Callable[[StepInfo], None] | None = None
     extra_terms: Sequence[tuple[str, float, Callable]] | None = None
     style_masks: Sequence[torch.Tensor | None] | None = None
@@ -162,18 +162,14 @@ def stylize(
     `extra_terms` are ``(name, weight, module)`` added to the loss, each called
     with the current image.
     """
-    if isinstance(config, dict):
-        config = make_config(**config)
-    config = config or StyleConfig()
-    if config.photoreal_two_stage and config.photoreal_weight:  # plain, then regularised (nst.photoreal)
-        if not styles:
-            raise ConfigError("at least one style image is required")
+    job = StyleJob(content, styles, config, callback, extra_terms, style_masks)
+    job.config = _check_job(job)
+    if job.config.photoreal_two_stage and job.config.photoreal_weight:  # plain, then regularised (nst.photoreal)
         from .photoreal import stylize_two_stage
 
-        return stylize_two_stage(stylize, content, styles, config, callback=callback, log_every=log_every,
+        return stylize_two_stage(stylize, content, styles, job.config, callback=callback, log_every=log_every,
                                  image_every=image_every, cache=cache, extra_terms=extra_terms,
                                  style_masks=style_masks)
-    job = StyleJob(content, styles, config, callback, extra_terms, style_masks)
     return stylize_batch([job], log_every=log_every, image_every=image_every, cache=cache)[0]
 
 

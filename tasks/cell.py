@@ -254,8 +254,11 @@ def cell_params(cell: Cell) -> dict[str, Any]:
     return params
 
 
-def run_cell(cell: Cell | dict, exp_id: str, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run one cell as a child MLflow run; returns {cell_id, run_id, status, error}."""
+def run_cell(cell: Cell | dict, exp_id: str, parent_run_id: str | None = None, progress: bool = True,
+             inputs: CellInputs | None = None) -> dict[str, Any]:
+    """Run one cell as a child MLflow run; returns {cell_id, run_id, status, error}.
+
+    `inputs`: the cell's inputs when the caller has read them already (`run_cells`)."""
     cell = Cell.from_dict(cell) if isinstance(cell, dict) else cell
     if cell.method not in METHODS:
         raise NSTError(f"unknown method '{cell.method}' (known: {', '.join(METHODS)})")
@@ -265,7 +268,7 @@ def run_cell(cell: Cell | dict, exp_id: str, parent_run_id: str | None = None, p
     try:
         with device_pool().lease() as device, _cell_run(cell, exp_id, parent_run_id, device) as run_id:
             result["run_id"] = run_id
-            log = _CellLog(cell, device, run_id, progress)
+            log = _CellLog(cell, device, run_id, progress, inputs)
             try:
                 res = METHODS[cell.method](cell, log.inputs, device, log.on_step, log.image_every)
             finally:
@@ -301,7 +304,7 @@ def run_cells(cells: list[Cell | dict], exp_id: str, parent_run_id: str | None =
             alone.append(c)
     out = {c.cell_id: run_cell(c, exp_id, parent_run_id, progress) for c in alone}
     if len(loaded) == 1:
-        out[loaded[0][0].cell_id] = run_cell(loaded[0][0], exp_id, parent_run_id, progress)
+        out[loaded[0][0].cell_id] = run_cell(loaded[0][0], exp_id, parent_run_id, progress, loaded[0][1])
     elif loaded:
         out.update(_run_batch(loaded, exp_id, parent_run_id, progress, max_batch_pixels))
     return [out[c.cell_id] for c in cells]
@@ -328,7 +331,7 @@ def _run_batch(loaded: list[tuple[Cell, CellInputs]], exp_id: str, parent_run_id
                 lg.log(_gatys_extras(lg.cell, lg.inputs, cfg, res), wall)
     except NSTError as exc:  # e.g. one cell diverged: these runs end FAILED with the reason, each cell reruns alone
         print(f"batch of {len(cells)} cells failed ({type(exc).__name__}: {exc}); running them one by one")
-        return {c.cell_id: run_cell(c, exp_id, parent_run_id, progress) for c in cells}
+        return {c.cell_id: run_cell(c, exp_id, parent_run_id, progress, inputs) for c, inputs in loaded}
     return {c.cell_id: {"cell_id": c.cell_id, "run_id": lg.run_id, "status": "FINISHED", "error": None}
             for c, lg in zip(cells, logs)}
 
