@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
+from .hardware import cpu_has_native_bf16
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -43,15 +43,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a generator for explicit random draws."""
     random.seed(seed)
@@ -60,9 +51,3 @@ def seed_everything(seed: int) -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed(seed)
     return g
-
-
-def cpu_threads() -> int:
-    """Threads torch should use: all cores unless the caller pinned it."""
-    env = os.environ.get("OMP_NUM_THREADS")
-    return int(env) if env and env.isdigit() else (os.cpu_count() or 1)
