@@ -112,8 +112,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                progress=not args.quiet, reports_dir=args.reports, deployment=args.deployment, batch=args.batch)
     failed = [r for r in out["results"] if r["status"] != "FINISHED"]
     rep = out["report"]
+    elsewhere = sum(bool(r.get("elsewhere")) for r in out["results"])
     print(f"grid {args.grid}: {out['cells']} cells: {out['skipped']} skipped (finished before), "
-          f"{len(out['results']) - len(failed)} finished, {len(failed)} failed")
+          f"{len(out['results']) - len(failed)} finished"
+          + (f" ({elsewhere} by another grid run)" if elsewhere else "") + f", {len(failed)} failed")
     for r in failed:
         print(f"  failed {r['cell_id']}: {r['error']}")
     for k in ("table.html", "table.md", "contact_sheet.png", "summary.md"):

@@ -150,6 +150,7 @@ def _run_local(pending: list[Cell], exp_id: str, parent_id: str, devices, progre
     CANCEL.clear()
     try:
         _collect(futures, by_future, results, bar)
+        _settle_claimed(results, pending, exp_id, parent_id, progress, bar)
     except KeyboardInterrupt:
         CANCEL.set()  # running cells stop at their next step and end their runs as KILLED
         for fut in futures:
@@ -174,9 +175,46 @@ def _collect(futures, by_future, results: list[dict], bar) -> None:
                    for c in unit]
         for cell, r in zip(unit, res):
             results.append(r)
+            if r["status"] == "CLAIMED":
+                bar.write(f"cell {cell.index} ({cell.name}): {r['error']}; waiting for it")
+                continue
             bar.update(1)
             if r["status"] != "FINISHED":
                 bar.write(f"cell {cell.index} ({cell.name}) failed: {r['error']}")
+
+
+def _settle_claimed(results: list[dict], pending: list[Cell], exp_id: str, parent_id: str, progress: bool, bar,
+                    poll_s: float = 2.0) -> None:
+    """Cells another grid run held when we reached them: wait for their outcome there.
+
+    A cell finished elsewhere counts as finished (its run id is the other's); one whose holder
+    died or failed is claimed and run here, so the grid ends with every cell attempted once more
+    at most and never run twice.
+    """
+    from tasks.cell import run_cell
+
+    by_id = {c.cell_id: c for c in pending}
+    waiting = {i: r["cell_id"] for i, r in enumerate(results) if r["status"] == "CLAIMED"}
+    while waiting:
+        done = tracking.finished_cells(exp_id)
+        held = tracking.live_claims(exp_id)
+        for i, cid in list(waiting.items()):
+            if cid in done:
+                results[i] = {"cell_id": cid, "run_id": done[cid], "status": "FINISHED", "error": None,
+                              "elsewhere": True}
+            elif cid not in held:  # its holder is gone without finishing it: ours now
+                r = run_cell(by_id[cid], exp_id, parent_id, progress)
+                if r["status"] == "CLAIMED":
+                    continue
+                results[i] = r
+                if r["status"] != "FINISHED":
+                    bar.write(f"cell {by_id[cid].index} ({by_id[cid].name}) failed: {r['error']}")
+            else:
+                continue
+            del waiting[i]
+            bar.update(1)
+        if waiting:
+            time.sleep(poll_s)
 
 
 def _run_deployments(pending: list[Cell], exp_id: str, parent_id: str, deployment: str, bar) -> list[dict]:

@@ -277,7 +277,16 @@ def run_cell(cell: Cell | dict, exp_id: str, parent_run_id: str | None = None, p
             result["status"] = "FINISHED"
     except NSTError as exc:  # bad input, missing weights, divergence: this cell fails, the grid goes on
         result["error"] = f"{type(exc).__name__}: {exc}"
+    except tracking.ClaimLost as exc:  # another grid run holds or finished it: not run twice
+        return claimed(cell, exc)
     return result
+
+
+def claimed(cell: Cell, exc: "tracking.ClaimLost") -> dict[str, Any]:
+    """The result of a cell another process holds (CLAIMED) or finished meanwhile (FINISHED, its run)."""
+    status = "FINISHED" if exc.finished else "CLAIMED"
+    return {"cell_id": cell.cell_id, "run_id": exc.holder, "status": status, "error": None if exc.finished else str(exc),
+            "elsewhere": True}
 
 
 def run_cells(cells: list[Cell | dict], exp_id: str, parent_run_id: str | None = None, progress: bool = True,
@@ -315,8 +324,16 @@ def _run_batch(loaded: list[tuple[Cell, CellInputs]], exp_id: str, parent_run_id
     cells = [c for c, _ in loaded]
     try:
         with device_pool().lease() as device, ExitStack() as runs:
-            logs = [_CellLog(c, device, runs.enter_context(_cell_run(c, exp_id, parent_run_id, device)), progress,
-                             inputs) for c, inputs in loaded]
+            logs, lost = [], {}
+            for c, inputs in loaded:  # each cell claimed first; one held elsewhere leaves the batch
+                try:
+                    logs.append(_CellLog(c, device, runs.enter_context(_cell_run(c, exp_id, parent_run_id, device)),
+                                         progress, inputs))
+                except tracking.ClaimLost as exc:
+                    lost[c.cell_id] = claimed(c, exc)
+            cells = [lg.cell for lg in logs]
+            if not logs:
+                return lost
             configs = [c.config.replace(device=device) for c in cells]
             jobs = [StyleJob(lg.inputs.content, lg.inputs.styles, cfg, lg.on_step) for lg, cfg in zip(logs, configs)]
             t0 = time.perf_counter()
@@ -332,8 +349,8 @@ def _run_batch(loaded: list[tuple[Cell, CellInputs]], exp_id: str, parent_run_id
     except NSTError as exc:  # e.g. one cell diverged: these runs end FAILED with the reason, each cell reruns alone
         print(f"batch of {len(cells)} cells failed ({type(exc).__name__}: {exc}); running them one by one")
         return {c.cell_id: run_cell(c, exp_id, parent_run_id, progress, inputs) for c, inputs in loaded}
-    return {c.cell_id: {"cell_id": c.cell_id, "run_id": lg.run_id, "status": "FINISHED", "error": None}
-            for c, lg in zip(cells, logs)}
+    return {**lost, **{c.cell_id: {"cell_id": c.cell_id, "run_id": lg.run_id, "status": "FINISHED", "error": None}
+                       for c, lg in zip(cells, logs)}}
 
 
 def default_batch_pixels(device: str) -> int | None:
@@ -345,7 +362,7 @@ def default_batch_pixels(device: str) -> int | None:
 @contextmanager
 def _cell_run(cell: Cell, exp_id: str, parent_run_id: str | None, device: str) -> Iterator[str]:
     with tracking.tracked_run(exp_id, f"{cell.index:03d} {cell.name}"[:250], {**cell_tags(cell), "device": device},
-                              parent_run_id) as run_id:
+                              parent_run_id, device=device, claim=cell.cell_id) as run_id:
         tracking.log_batch(run_id, params=cell_params(cell))
         yield run_id
 
@@ -454,13 +471,11 @@ def _loss_curve(history: list[dict[str, float]], path: Path, title: str) -> None
 
 
 def _transient(task_, task_run, state) -> bool:
-    """Retry only errors that are not the input's fault (nor an interruption)."""
+    """Retry only errors that are not the input's fault (nor an interruption): `tracking.is_transient`."""
     try:
         state.result()
-    except (NSTError, CellCancelled):
-        return False
-    except Exception:
-        return True
+    except Exception as exc:
+        return tracking.is_transient(exc)
     return False
 
 

@@ -47,7 +47,8 @@ def train_one(cfg: dict, exp_id: str, parent_run_id: str | None = None, progress
     tags = {"nst.kind": "train", "cell_id": train_id(cfg), "styles": names, "norm": config.norm,
             "n_styles": str(len(config.styles)), "git_commit": tracking.git_commit()}
     try:
-        with device_pool().lease() as device, tracking.tracked_run(exp_id, f"train {names}", tags, parent_run_id) as run_id:
+        with device_pool().lease() as device, tracking.tracked_run(exp_id, f"train {names}", tags, parent_run_id,
+                                                                         device=device) as run_id:
             result["run_id"] = run_id
             if config.device == "auto":
                 config = config.model_copy(update={"device": device})

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -22,9 +19,10 @@ import pytest
 import yaml
 
 from nst.data import image
+from services import free_port as _free_port, psycopg as _psycopg, \
+    psycopg2_connect, wait_http as _wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
-PG = dict(host="127.0.0.1", port=5432, user="postgres")
 
 
 # --------------------------------------------------------------------------- compose file
@@ -67,52 +65,6 @@ def test_compose_file_describes_the_fleet():
 
 
 # --------------------------------------------------------------------------- live fleet
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _psycopg():
-    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary (grid extra) is needed for the fleet test")
-    try:
-        conn = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {PG['host']}:{PG['port']}: {exc}")
-    conn.autocommit = True
-    return conn
-
-
-def _log_tail(p: subprocess.Popen) -> str:
-    f = getattr(p, "log_path", None)
-    return Path(f).read_text()[-2000:] if f else ""
-
-
-def psycopg2_connect(db: str):
-    import psycopg2
-
-    return psycopg2.connect(dbname=db, connect_timeout=3, **PG)
-
-
-def _wait_http(url: str, procs: list[subprocess.Popen], timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{p.args[:3]} exited with {p.returncode}: {_log_tail(p)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        try:  # wait on the server process itself: returns early if it dies
-            procs[-1].wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            pass
-    raise AssertionError(f"{url} did not come up in {timeout}s")
 
 
 @pytest.mark.slow

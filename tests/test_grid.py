@@ -201,6 +201,7 @@ def test_runs_of_a_killed_process_are_closed(home: Path):
     """A grid SIGKILLed mid-cell leaves a RUNNING run; the next `grid run` marks it KILLED (same host, pid gone)."""
     import subprocess
     import sys
+    import time
 
     from mlflow import MlflowClient
 
@@ -212,10 +213,15 @@ def test_runs_of_a_killed_process_are_closed(home: Path):
     c = tracking.client()
     orphan = c.create_run(exp_id, tags={"nst.host": __import__("socket").gethostname(), "nst.pid": str(dead.pid),
                                         "cell_id": "x"}).info.run_id
-    alive = c.create_run(exp_id, tags={"nst.host": "another-machine", "nst.pid": str(dead.pid)}).info.run_id
-    assert tracking.close_abandoned_runs(exp_id) == [orphan]
+    # another machine's runs: left alone while their heartbeat is fresh, closed once it is older than the TTL
+    alive = c.create_run(exp_id, tags={"nst.host": "another-machine", "nst.pid": str(dead.pid),
+                                       "nst.heartbeat": str(time.time())}).info.run_id
+    silent = c.create_run(exp_id, tags={"nst.host": "another-machine", "nst.pid": "1",
+                                        "nst.heartbeat": str(time.time() - tracking.CLAIM_TTL_S - 1)}).info.run_id
+    assert sorted(tracking.close_abandoned_runs(exp_id)) == sorted([orphan, silent])
     client = MlflowClient(tracking.settings.tracking_uri())
     assert client.get_run(orphan).info.status == "KILLED" and "abandoned" in client.get_run(orphan).data.tags["error"]
-    assert client.get_run(alive).info.status == "RUNNING"  # another machine's run is left alone
+    assert client.get_run(alive).info.status == "RUNNING"  # another machine's live run is left alone
+    assert client.get_run(silent).info.status == "KILLED"
     assert tracking.finished_cells(exp_id) == {}
     client.set_terminated(alive)
