@@ -288,8 +288,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line naming the flag (and where help is), exit 2 — not the whole usage text."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nst", description="nst-lab: neural style transfer experiments")
+    parser = _Parser(prog="nst", description="nst-lab: neural style transfer experiments")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_stylize(sub)
     _add_backbones(sub)

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional, Union
@@ -248,12 +249,19 @@ def load_experiments(path: str | Path) -> Experiments:
     p = Path(path).expanduser().resolve()
     if not p.exists():
         raise ConfigError(f"{path}: no such experiments file")
+    if not p.is_file():
+        raise ConfigError(f"{path}: not a file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a text file (byte {exc.start} is not UTF-8)") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be an experiments file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        where = f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}:{where} not valid YAML ({' '.join(str(problem).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping with a 'grids' key at the top")
     try:
@@ -575,6 +583,24 @@ def _entry_dict(entry: Any, where: str) -> dict[str, Any]:
     return entry
 
 
+#: Most cells one grid may expand to: a bigger product is a mistake (or a job for several grids).
+MAX_CELLS = 100_000
+
+
+def _check_cell_count(spec: "GridSpec", gp: str) -> None:
+    """Refuse an axis product over `MAX_CELLS` before any axis value is read, with the count."""
+    sizes = {k: max(len(v), 1) for k, v in spec.axes.items()}
+    total = math.prod(sizes.values()) * spec.repeats
+    for rule in spec.include:
+        given = set(rule) if isinstance(rule, dict) else set()
+        total += math.prod(n for k, n in sizes.items() if k not in given) * spec.repeats
+    if total > MAX_CELLS:
+        dims = " x ".join(f"{k}({n})" for k, n in sizes.items()) + (f" x repeats({spec.repeats})" if spec.repeats > 1
+                                                                     else "")
+        raise ConfigError(f"{gp}.axes: {total:,} cells ({dims}) is over the limit of {MAX_CELLS:,} per grid; "
+                          "split it into several grids")
+
+
 def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
            overrides: dict[str, Any] | None = None, overrides_at: str = "overrides") -> Grid:
     """Validate grid `name` completely and return its cells (product - exclude + include, x repeats).
@@ -611,6 +637,7 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
         base_over.update(over)
         layers_from[k] = where  # where each setting came from, for per-cell messages
 
+    _check_cell_count(spec, gp)
     # axes
     axes: list[tuple[str, list[tuple[str, dict, Any, str]]]] = []
     for k, values in spec.axes.items():

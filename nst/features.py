@@ -16,6 +16,7 @@ from typing import Iterable
 import torch
 
 from .backbones import Backbone
+from .errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -52,7 +53,14 @@ class FeatureExtractor:
         x = image.to(self.device, memory_format=torch.channels_last)
         with autocast_context(self.device, self.precision):
             for name, module in self.stages:
-                x = module(x)
+                try:
+                    x = module(x)
+                except RuntimeError as exc:  # pooling/strides shrank the image to nothing
+                    if "too small" not in str(exc) and "can't be greater" not in str(exc):
+                        raise
+                    h, w = image.shape[-2:]
+                    raise ConfigError(f"size: a {w}x{h} px image is too small for {self.backbone.name} (it vanishes "
+                                      f"at layer {name}); use a larger size or shallower layers") from None
                 if name in wanted:
                     out[name] = x
         return out

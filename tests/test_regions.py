@@ -25,6 +25,9 @@ from nst.regions import (
 )
 from nst.segment import RegionError, RegionMap
 
+#: Numeric assertions: .ci/run runs these again as an AVX2-only CPU would (oneDNN/ATen capped).
+pytestmark = pytest.mark.numeric
+
 COCO_DIR = Path(__file__).parent / "data" / "coco"
 FAST = dict(size=48, steps=4, device="cpu")
 
