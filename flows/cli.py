@@ -41,6 +41,9 @@ def add_commands(sub) -> None:
     ls.add_argument("file", nargs="?", default=DEFAULT_FILE)
     ls.set_defaults(func=cmd_list)
 
+    from flows import server
+
+    server.add_commands(sub)  # `nst server start|stop|status`: a Prefect UI that outlives the grids
 
     rr = sub.add_parser("reproduce", help="regenerate the source reports' figures into reports/REPORT.md",
                         description="Run the grids behind each report figure (Prefect, tracked in MLflow), draw "
@@ -65,6 +68,9 @@ def _env(verbose: bool = False) -> None:
         os.environ.setdefault(k, v)
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows.server import use_if_running
+
+    use_if_running()  # `nst server start`'s Prefect server while it answers, else Prefect's ephemeral mode
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -123,6 +129,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {k:18s} {rep[k]}")
     print(f"  MLflow UI: mlflow ui --backend-store-uri {uri}   (experiment {out['experiment_id']}: "
           f"nst-grid/{args.grid}, parent run {out['parent_run_id']})")
+    from tasks.mlflow_views import experiment_url
+
+    print(f"             then {experiment_url(out['experiment_id'])}")
+    api = os.environ.get("PREFECT_API_URL")
+    print(f"  Prefect UI: {api[:-4] if api and api.endswith('/api') else api}" if api else
+          "  Prefect: ran ephemerally (start `nst server start` first to keep a Prefect UI of the runs)")
     return 1 if failed else 0
 
 

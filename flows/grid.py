@@ -29,6 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from nst.errors import ConfigError
 from nst.experiments import Cell, Grid, load_grid
+from flows import artifacts
 from tasks import report as report_mod
 from tasks import settings, tracking
 from tasks.cell import CANCEL, METHODS, batch_group, configure_devices, default_devices, stylize_cell, stylize_cells
@@ -111,6 +112,7 @@ def grid_flow(
             g.spec.contact_sheet.cols, g.spec.summary_by, parent_id,
         )
         _prefect_table(grid, rep)
+        artifacts.publish(grid, exp_id, parent_id, rep)  # MLflow table and sheet image, Prefect links
     return {
         "grid": grid, "experiment_id": exp_id, "parent_run_id": parent_id, "cells": len(g.cells),
         "cell_ids": [c.cell_id for c in g.cells],

@@ -37,7 +37,7 @@ from nst.images import load_image, save_image
 from nst.optimize import StepInfo, StyleJob, StyleResult, batch_key, run_steps, style_size, stylize, stylize_batch
 from nst.regions import METHODS as REGION_METHODS
 
-from . import tracking
+from . import mlflow_views, tracking
 
 
 # --------------------------------------------------------------------------- methods
@@ -387,6 +387,7 @@ class _CellLog:
         self.frames: list[tuple[int, torch.Tensor]] = []
         self.bar = tqdm(total=self.total, desc=f"cell {cell.index}", unit="step", leave=False, disable=not progress,
                         dynamic_ncols=True)
+        self.sysmon = mlflow_views.start_system_metrics(run_id, tracking.settings.tracking_uri())  # system/* metrics
 
     def on_step(self, info: StepInfo) -> None:
         if CANCEL.is_set():
@@ -399,6 +400,7 @@ class _CellLog:
 
     def close(self) -> None:
         self.bar.close()
+        mlflow_views.stop_system_metrics(self.sysmon)
 
     def log(self, res: StyleResult, wall: float) -> None:
         cell, device, run_id, cfg = self.cell, self.device, self.run_id, self.cell.config
@@ -444,6 +446,13 @@ class _CellLog:
             (out / "cell.json").write_text(json.dumps({**cell.to_dict(), "device": device, "info": res.info},
                                                       indent=1, default=str))
             tracking.client().log_artifacts(run_id, str(out))
+        # the same images as MLflow step images: the run page's slider, compare view side by side
+        client = tracking.client()
+        mlflow_views.log_step_images(client, run_id, mlflow_views.OUTPUT_KEY, [(0, res.image)])
+        mlflow_views.log_step_images(client, run_id, mlflow_views.EVOLUTION_KEY,
+                                     [(0, content), *self.frames, (self.total, res.image)])
+        for name, img in extra_images.items():
+            mlflow_views.log_step_images(client, run_id, Path(name).stem, [(0, img)])
 
 
 def _inputs(content: torch.Tensor, styles: list[torch.Tensor]) -> CellInputs:

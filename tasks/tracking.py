@@ -23,7 +23,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from nst import provenance
 
-from . import settings
+from . import mlflow_views, settings
 
 EXPERIMENT_PREFIX = "nst-grid/"
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -105,13 +105,16 @@ def experiment_id(grid: str, create: bool = True) -> str | None:
     name = experiment_name(grid)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if create:  # experiments made before nst tagged their kind open on the runs table too
+            mlflow_views.ensure_training_view(c, exp)
         return exp.experiment_id
     if not create:
         return None
     root = settings.artifact_root()
     location = f"{root.rstrip('/')}/{grid}" if root else None
     try:
-        return c.create_experiment(name, artifact_location=location, tags={"nst.grid": grid})
+        return c.create_experiment(name, artifact_location=location,
+                                   tags={"nst.grid": grid, **mlflow_views.EXPERIMENT_TAGS})
     except Exception:  # created concurrently by another worker
         exp = c.get_experiment_by_name(name)
         if exp is None:

@@ -25,7 +25,7 @@ from nst.errors import NSTError
 from nst.fast.train import TrainResult, TrainStep, make_train_config, train
 from nst.images import save_image
 
-from . import tracking
+from . import mlflow_views, tracking
 from .cell import _loss_curve, device_pool
 
 FLUSH_EVERY = 50
@@ -94,6 +94,7 @@ def train_logged(config, run_id: str, tmp: Path, progress: bool = True, *, on_st
             frames.append((info.step, info.val_image))
             path = save_image(info.val_image, tmp / "evolution" / f"step_{info.step:06d}.png")
             client.log_artifact(run_id, str(path), "evolution")
+            mlflow_views.log_step_images(client, run_id, mlflow_views.VALIDATION_KEY, [(info.step, info.val_image)])
         if len(pending) >= FLUSH_EVERY or info.step == info.total_steps:
             tracking.log_batch(run_id, step_metrics=list(pending))
             pending.clear()

@@ -50,6 +50,9 @@ def test_train_task_logs_curves_evolution_and_model(home: Path):
     assert run.data.metrics["images_per_s"] > 0 and run.data.metrics["wall_s"] > 0
     assert [a.path for a in c.list_artifacts(run.info.run_id, "evolution")] == [
         "evolution/step_000002.png", "evolution/step_000004.png"]
+    from tasks.mlflow_views import image_steps
+
+    assert image_steps(c, run.info.run_id, "validation") == [2, 4]  # MLflow step images: the run page's slider
     names = {a.path for a in c.list_artifacts(run.info.run_id, "model")}
     assert {"model/model.pt", "model/config.json", "model/style_starry_night.jpg"} <= names
     logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/mlflow_model")
