@@ -76,6 +76,10 @@ def _add_stylize(sub) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="autocast for the network; auto = bf16 where the hardware has it, else fp32")
+    p.add_argument("--max-memory", help="memory budget, e.g. 8GB: a size whose estimate exceeds it is optimised in "
+                   "tiles (default: the device's memory)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the expected peak memory, time per step and tiling of each scale; run nothing")
     p.add_argument("--save-every", type=int, default=0, help="also save the image every N steps next to --out")
     p.add_argument("--evaluate", action="store_true", help="print the fixed evaluator's scores of the result")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -97,7 +101,7 @@ CONFIG_OPTIONS = (
     "backbone", "weights", "pooling", "size", "style_scale", "steps", "optimizer", "lr", "content_weight",
     "style_weight", "tv_weight", "content_layers", "style_layers", "style_weights", "multi_style", "init",
     "preserve_color", "seed", "device", "precision", "scales", "scale_detail", "style_loss", "lbfgs_history", "ema_decay",
-    "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage",
+    "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage", "max_memory",
 )
 
 
@@ -139,6 +143,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         raise NSTError("--photoreal-two-stage needs --photoreal-weight > 0")
     if config.init not in ("content", "noise"):
         load_image(config.init)
+    if args.estimate:
+        return _print_estimate(config, tuple(content.shape[-2:]))
     steps_total = run_steps(config, tuple(content.shape[-2:])) * (len(styles) if config.multi_style == "sequential" else 1)
     bar = tqdm(total=steps_total, desc="stylize", unit="step", disable=args.quiet, dynamic_ncols=True)
 
@@ -158,6 +164,13 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         f"saved {out} ({result.image.shape[-1]}x{result.image.shape[-2]}) in {t['total_s']:.1f}s, "
         f"{t['s_per_step']:.3f} s/step on {result.info['device']} ({result.info['precision']})"
     )
+    if result.info.get("tiled_scales"):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        est = max(st.get("estimate_mb", 0) for st in result.info["stages"])
+        print(f"tiled scales {', '.join(f'{w}x{h}' for h, w in result.info['tiled_scales'])}: peak memory "
+              f"{peak / 2**30:.2f} GB (process RSS; estimate {est / 1024:.2f} GB)")
     if args.evaluate:
         scores = evaluate(result.image, content, styles, config.style_weights)
         extra = {}
@@ -166,6 +179,15 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 
             extra["photoreal_energy"] = photoreal_energy(result.image, content, config.photoreal_epsilon)
         print(json.dumps({**scores.to_dict(), **extra}, indent=None))
+    return 0
+
+
+def _print_estimate(config, hw) -> int:
+    """`nst stylize --estimate`: one line per scale (a scale that cannot fit is the usual one-line error)."""
+    from .tiling import estimate_run
+
+    for est, _ in estimate_run(config, hw):
+        print(est.line())
     return 0
 
 

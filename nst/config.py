@@ -84,6 +84,20 @@ class StyleConfig(BaseModel):
     seed: int = 0
     device: str = "auto"
     precision: Precision = "auto"
+    max_memory: Optional[int] = Field(
+        None, gt=0,
+        description="memory budget in bytes (or a string such as 8GB, binary units): a scale whose estimate "
+        "exceeds it is optimised in tiles (nst.tiling); None = untiled unless the device's memory is too small",
+    )
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _bytes(cls, v):
+        if v is None or (isinstance(v, int) and not isinstance(v, bool)):
+            return v
+        from .tiling import parse_bytes
+
+        return parse_bytes(v)
 
     @field_validator("content_layer_weights", "style_layer_weights", "style_weights")
     @classmethod

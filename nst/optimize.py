@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import backbones, color
+from . import backbones, color, tiling
 from .config import StyleConfig, make_config
 from .errors import ConfigError, DivergedError
 from .features import DEFAULT_CACHE, FeatureExtractor, TargetCache, tensor_digest
@@ -125,7 +125,7 @@ class StyleJob:
 BATCH_FIELDS = (
     "backbone", "weights", "pooling", "size", "steps", "optimizer", "lr", "lbfgs_history", "lbfgs_line_search",
     "ema_decay", "scales", "content_layers", "style_layers", "multi_style", "photoreal_two_stage", "device",
-    "precision",
+    "precision", "max_memory",
 )
 
 
@@ -272,6 +272,13 @@ def stylize_batch(
         raise ConfigError("jobs with extra loss terms (one scale) cannot share a batch with jobs without them")
     schedule = pyramid(config, tuple(samples[0].content.shape[-2:]), single=single)
     total_steps = sum(n for _, n in schedule) * len(plan)
+    # Memory: a scale whose estimate exceeds the budget (max_memory, else the device's) runs in tiles.
+    tile_plans = [tiling.plan_scale(config, hw, n, device, precision)[0] for hw, n in schedule]
+    if any(tile_plans):
+        for smp in samples:
+            tiling.check_tileable(smp.config, extra_terms=smp.job.extra_terms, style_masks=smp.job.style_masks)
+        if len(samples) > 1:  # a tiled scale optimises one image at a time
+            return [stylize_batch([j], log_every=log_every, image_every=image_every, cache=cache)[0] for j in jobs]
 
     setup_s = time.perf_counter() - t0
     opt_start = time.perf_counter()
@@ -281,10 +288,12 @@ def stylize_batch(
             smp.x = smp.prev_content = None
         for scale_idx, (hw, n_steps) in enumerate(schedule):
             full = scale_idx == len(schedule) - 1
+            tiles = tile_plans[scale_idx]
             t_targets = time.perf_counter()
             for smp in samples:
                 ids = style_ids if style_ids is not None else list(range(len(smp.styles)))
-                _prepare_sample(smp, stage_idx, ids, hw, full, extractor, content_layers, style_layers, cache, device)
+                _prepare_sample(smp, stage_idx, ids, hw, full, extractor, content_layers, style_layers, cache, device,
+                                tiles)
             target_s += time.perf_counter() - t_targets
             per_chunk = len(samples)
             if max_batch_pixels:
@@ -295,7 +304,7 @@ def stylize_batch(
                 evals = [0]
                 out = _run(
                     torch.cat([s.init for s in chunk]).to(device), extractor, chunk, config, stage_idx, total_steps,
-                    log_every, image_every, opt_start, n_steps, evals,
+                    log_every, image_every, opt_start, n_steps, evals, tiles,
                 )
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -304,6 +313,11 @@ def stylize_batch(
                     smp.x = out[b: b + 1]
                     smp.stages.append({"stage": stage_idx, "size": list(hw), "steps": n_steps, "evals": evals[0],
                                        "optimize_s": spent, "batch": len(chunk)})
+                    if tiles is not None:
+                        smp.stages[-1].update(tiles=tiles.describe(), tile_core=tiles.core, tile_halo=tiles.halo,
+                                              estimate_mb=tiles.estimate.peak_bytes / 2**20,
+                                              tile_offsets=list(tiles.offsets))
+                        tiles.offsets.clear()
         for smp in samples:
             smp.current = _finish(smp.x, smp.stage.chroma_source)
     if device.type == "cuda":
@@ -344,14 +358,16 @@ def stylize_batch(
         }
         if device.type == "cuda":
             info["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        if any(tile_plans):
+            info["tiled_scales"] = [list(p.hw) for p in tile_plans if p is not None]
         results.append(StyleResult(smp.current.cpu(), smp.history, timings, info, smp.config))
     return results
 
 
 def _prepare_sample(smp: _Sample, stage_idx: int, style_ids: list[int], hw: tuple[int, int], full: bool,
                     extractor: FeatureExtractor, content_layers, style_layers, cache: TargetCache,
-                    device: torch.device) -> None:
-    """A job's inputs, loss and starting image at one scale of one style stage."""
+                    device: torch.device, tiles: "tiling.TilePlan | None" = None) -> None:
+    """A job's inputs, loss and starting image at one scale of one style stage (`tiles`: its tile plan)."""
     config = smp.config
     # Content and styles at this scale: the style keeps its size relative to the content's.
     scaled = smp.current if full else resize(smp.current, hw)
@@ -363,7 +379,7 @@ def _prepare_sample(smp: _Sample, stage_idx: int, style_ids: list[int], hw: tupl
     masks = smp.job.style_masks
     loss_fn = _build_loss(
         stage, extractor, content_layers, style_layers, smp.cw, smp.sw, config, cache, device,
-        None if masks is None else [masks[i] for i in style_ids],
+        None if masks is None else [masks[i] for i in style_ids], tiles,
     )
     if full:
         for name, weight, term in smp.job.extra_terms or []:
@@ -394,20 +410,32 @@ def _prepare_stage(content: torch.Tensor, styles: list[torch.Tensor], blend: lis
 
 
 def _build_loss(
-    stage, extractor, content_layers, style_layers, cw, sw, config, cache, device, style_masks=None
+    stage, extractor, content_layers, style_layers, cw, sw, config, cache, device, style_masks=None, tiles=None
 ) -> PerceptualLoss:
     key = extractor.key()
     c = stage.content.to(device)
-    content_targets = cache.get(
-        ("content", key, tuple(content_layers), tensor_digest(stage.content)),
-        lambda: _detach({k: v for k, v in extractor(c).items() if k in content_layers}),
-    )
+    if tiles is None:
+        content_targets = cache.get(
+            ("content", key, tuple(content_layers), tensor_digest(stage.content)),
+            lambda: _detach({k: v for k, v in extractor(c).items() if k in content_layers}),
+        )
+    else:  # the whole image's features, computed tile by tile (nst.tiling)
+        content_targets = cache.get(
+            ("content-tiled", key, tuple(content_layers), tensor_digest(stage.content)),
+            lambda: tiling.tiled_features(extractor, c, tiles, (), content_layers)[1],
+        )
     style_targets = []
     for weight, s in zip(stage.blend, stage.styles):
-        grams = cache.get(
-            (config.style_loss, key, tuple(style_layers), tensor_digest(s)),
-            lambda s=s: _style_grams(extractor, s.to(device), style_layers, config.style_loss),
-        )
+        if tiles is None:
+            grams = cache.get(
+                (config.style_loss, key, tuple(style_layers), tensor_digest(s)),
+                lambda s=s: _style_grams(extractor, s.to(device), style_layers, config.style_loss),
+            )
+        else:
+            grams = cache.get(
+                ("gram-tiled", key, tuple(style_layers), tensor_digest(s)),
+                lambda s=s: tiling.tiled_features(extractor, s.to(device), tiles, style_layers)[0],
+            )
         style_targets.append((weight, grams))
     layer_masks = None
     if style_masks is not None and any(m is not None for m in style_masks):
@@ -490,6 +518,7 @@ def _run(
     start: float,
     steps: int,
     evals: list[int],
+    tiles: "tiling.TilePlan | None" = None,
 ) -> torch.Tensor:
     """`steps` optimisation steps of the batch `init` (one image per sample); returns the images
     (the iterate averages with `ema_decay`).
@@ -532,6 +561,9 @@ def _run(
         if not last:  # the losses at the start of the step (a line search evaluates more points)
             last.extend({k: v.detach() for k, v in t.items()} for t in terms_all)
         return total
+
+    if tiles is not None:  # one image (see stylize_batch): loss and gradient over jittered tiles
+        closure = tiling.make_closure(x, opt, extractor, samples[0].loss_fn, tiles, evals, last)
 
     def current() -> torch.Tensor:
         return x if ema is None or not ema_weight[0] else ema / ema_weight[0]
