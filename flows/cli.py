@@ -102,6 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             mark = "skip (finished)" if c.cell_id in done else "run"
             print(f"{c.index:3d}  {c.cell_id}  {mark:15s}  {c.name}  [{c.method}, {c.config.backbone}, "
                   f"{c.config.size}px, {work(c.method, c.method_options, c.config.steps)}]")
+            if mark == "run" and c.method not in ("fast", "video"):  # memory, time (nst.tiling), or why it cannot fit
+                print(f"     {_estimate(c)}")
         print(f"grid {args.grid}: {len(g.cells)} cells, {sum(c.cell_id in done for c in g.cells)} would be skipped; "
               f"tracking {uri}")
         return 0
@@ -136,6 +138,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  Prefect UI: {api[:-4] if api and api.endswith('/api') else api}" if api else
           "  Prefect: ran ephemerally (start `nst server start` first to keep a Prefect UI of the runs)")
     return 1 if failed else 0
+
+
+def _estimate(cell) -> str:
+    from nst.errors import NSTError
+    from nst.tiling import content_hw, summary
+
+    try:
+        return "estimate: " + summary(cell.config, content_hw(cell.content, cell.config.size))
+    except NSTError as exc:
+        return f"refused: {exc}"
+    except Exception as exc:  # an estimate must never stop a dry run
+        return f"estimate unavailable ({type(exc).__name__}: {exc})"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
