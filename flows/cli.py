@@ -95,6 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # everything is validated here, before Prefect starts and before any work
     g, exp_id, done = plan(args.file, args.grid)
+    from tasks.settings import reports_dir, writable_dir
+
+    writable_dir(Path(args.reports) if args.reports else reports_dir(), "--reports")
     if args.dry_run:
         from nst.options import work
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +17,7 @@ from typing import Sequence
 from .errors import NSTError
 
 EXIT_INPUT = 2
+EXIT_FAILED = 1  # the machine or a service failed (disk full, tracking server gone): not the input
 EXIT_INTERRUPTED = 130
 
 #: Modules that may add subcommands (they import Prefect/MLflow, so they live outside nst/).
@@ -348,6 +350,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return 0
+    except OSError as exc:  # disk full, unwritable folder, a service gone: the machine's fault, not the input's
+        if os.environ.get("NST_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"nst: error: {where}{exc.strerror or exc} (errno {exc.errno})", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # anything else still gets one line; NST_DEBUG=1 shows the traceback
+        if os.environ.get("NST_DEBUG"):
+            raise
+        msg = " ".join(str(exc).split())[:500]
+        print(f"nst: error: {type(exc).__name__}: {msg} (NST_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

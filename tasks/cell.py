@@ -445,7 +445,7 @@ class _CellLog:
                 _loss_curve(res.history, out / "loss_curve.png", cell.name)
             (out / "cell.json").write_text(json.dumps({**cell.to_dict(), "device": device, "info": res.info},
                                                       indent=1, default=str))
-            tracking.client().log_artifacts(run_id, str(out))
+            tracking.log_artifacts(run_id, out)  # whole files only, even if killed meanwhile
         # the same images as MLflow step images: the run page's slider, compare view side by side
         client = tracking.client()
         mlflow_views.log_step_images(client, run_id, mlflow_views.OUTPUT_KEY, [(0, res.image)])

@@ -67,3 +67,19 @@ def configure() -> str:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables..." noise
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """`path` as a folder this process can write into (created if missing), else a one-line ConfigError."""
+    from nst.errors import ConfigError
+
+    p = Path(path).expanduser().resolve()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".nst-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot write to {p} ({exc.strerror or exc})") from None
+    return p
+

@@ -382,7 +382,7 @@ def log_batch(run_id: str, metrics: dict[str, float] | None = None, params: dict
     # MLflow accepts at most 1000 metrics, 100 params and 100 tags per call.
     for i in range(0, max(len(ms), len(ps) * 10, len(ts) * 10, 1), MAX_BATCH):
         j = i // 10
-        c.log_batch(run_id, metrics=ms[i : i + MAX_BATCH], params=ps[j : j + 100], tags=ts[j : j + 100])
+        retrying(c.log_batch, run_id, metrics=ms[i : i + MAX_BATCH], params=ps[j : j + 100], tags=ts[j : j + 100])
 
 
 def _finite(v: Any) -> bool:
