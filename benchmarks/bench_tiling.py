@@ -3,6 +3,8 @@
     python benchmarks/bench_tiling.py --memory 256 512 1024 [--budget 1GB] [--steps 3]
         one fresh process per size (peak RSS = getrusage ru_maxrss of that process, which holds
         nothing but the run); prints the estimate next to the measured peak and their ratio.
+    python benchmarks/bench_tiling.py --assets /tmp/print3000.png
+        a 1024 px JPEG and a 1:1 crop of a print-size result for docs/images.
     python benchmarks/bench_tiling.py --compare --size 2048 --budget 6GB --steps 4
         the same short schedule untiled and tiled (both from the same coarse result); evaluator
         scores (content, style distance), a seam measure and peak memory of each.
@@ -128,6 +130,25 @@ def compare(args) -> dict:
     return out
 
 
+def assets(src: str, out_dir: Path, stem: str) -> list[Path]:
+    """A print-size result as committable files: a 1024 px JPEG of the whole and a 1:1 crop (768x512 px,
+    from the middle) showing the detail; each well under 3 MB."""
+    from PIL import Image
+
+    img = Image.open(src).convert("RGB")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    small = img.copy()
+    small.thumbnail((1024, 1024), Image.LANCZOS)
+    a = out_dir / f"{stem}_1024.jpg"
+    small.save(a, quality=90)
+    w, h = img.size
+    cw, ch = 768, 512
+    box = (w // 2 - cw // 2, h // 2 - ch // 2, w // 2 + cw // 2, h // 2 + ch // 2)
+    b = out_dir / f"{stem}_crop_1to1.png"
+    img.crop(box).save(b, optimize=True)
+    return [a, b]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--memory", nargs="+", type=int, metavar="SIZE", help="estimate vs measured peak at these sizes")
@@ -139,7 +160,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save", help="--compare: folder for the two images")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--assets", metavar="IMAGE", help="write a 1024 px copy and a 1:1 crop of IMAGE to docs/images")
+    ap.add_argument("--stem", default="tubingen_starry_night_3000", help="--assets: file name stem")
     args = ap.parse_args()
+    if args.assets:
+        for f in assets(args.assets, ROOT / "docs" / "images", args.stem):
+            print(f"wrote {f} ({f.stat().st_size / 2**20:.2f} MB)")
+        return
     rows = []
     if args.memory:
         for size in args.memory:
