@@ -185,9 +185,10 @@ def _kill(c: MlflowClient, run, reason: str) -> None:
 def _local_artifact_dir(uri: str) -> Path | None:
     from urllib.parse import unquote, urlparse
 
-    if uri.startswith("file:"):
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
         return Path(unquote(urlparse(uri).path))
-    return None if "://" in uri else Path(uri)
+    return Path(uri) if scheme == "" else None  # s3:, mlflow-artifacts: (the server's proxy), ...
 
 
 #: A claim is live while its heartbeat (epoch seconds, tag ``nst.heartbeat``) is younger than this.
