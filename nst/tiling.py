@@ -237,7 +237,13 @@ def _trace(name: str, pooling: str, layers: tuple[str, ...], hw: tuple[int, int]
         x = torch.empty(1, 3, *hw, device="meta", requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             for n, module in stages:
-                x = module(x)
+                try:
+                    x = module(x)
+                except RuntimeError as exc:  # the same one-line message as the feature extractor's
+                    if "too small" not in str(exc) and "can't be greater" not in str(exc):
+                        raise
+                    raise ConfigError(f"size: a {hw[1]}x{hw[0]} px image is too small for {name} (it vanishes "
+                                      f"at layer {n}); use a larger size or shallower layers") from None
                 max_act = max(max_act, x.numel() * x.element_size())
                 if n in layers:
                     shapes[n] = tuple(x.shape[-2:])

@@ -161,7 +161,7 @@ def test_a_huge_axis_product_is_refused_before_any_work_with_the_count(workdir: 
 FLAGS = ["--size", "--steps", "--style-weight", "--content-weight", "--tv-weight", "--lr", "--scales", "--seed",
          "--backbone", "--pooling", "--init", "--optimizer", "--precision", "--device", "--style-scale",
          "--content-layers", "--style-layers", "--preserve-color", "--style-weights"]
-VALUES = st.sampled_from(["-1", "0", "4", "abc", "1e400", "nan", "", "0.5:x", "vgg99", "cuda:7", "relu9_9", "inf",
+VALUES = st.sampled_from(["-1", "0", "4", "16", "abc", "1e400", "nan", "", "0.5:x", "vgg99", "cuda:7", "relu9_9", "inf",
                           "2:3:4", "--", "999999999"])
 
 
