@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nst-soak-") as tmp:
         tmp = Path(tmp)
-        budget = timed_clean_run(tmp / "clean")
-        print(f"one uninterrupted grid run: {budget:.1f} s; kills fall at 15-100% of that")
+        if args.rounds:
+            budget = timed_clean_run(tmp / "clean")
+            print(f"one uninterrupted grid run: {budget:.1f} s; kills fall at 15-100% of that")
         for r in range(args.rounds):
             try:
                 counts = soak_round(tmp / f"round{r}", args.kills, rng, budget)

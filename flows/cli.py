@@ -86,6 +86,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def start_ephemeral_prefect() -> None:
+    """Start Prefect's temporary server now, one process at a time per PREFECT_HOME.
+
+    Two grid runs started together on a fresh PREFECT_HOME raced on its database migrations
+    ("Application startup failed"); under a file lock the second one finds them done.  The flow
+    then uses this server (Prefect keeps one per process).  Nothing to do with a real server.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    import fcntl
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_HOME
+
+    home = Path(PREFECT_HOME.value()).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".nst-server-start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            SubprocessASGIServer().start()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _env(args.verbose)
     from tasks.settings import configure
@@ -118,6 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     devices = args.devices or default_devices(args.workers)
     if args.workers and args.devices:
         devices = (args.devices * args.workers)[: max(args.workers, len(args.devices))]
+    start_ephemeral_prefect()
     flow = grid_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=len(devices)))
     out = flow(str(Path(args.file).resolve()), args.grid, devices=devices, executor=args.executor,
                progress=not args.quiet, reports_dir=args.reports, deployment=args.deployment, batch=args.batch)
