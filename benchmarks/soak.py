@@ -169,7 +169,8 @@ def fault_disk_full(folder: Path) -> str:
         home = mnt / "home"
         exp = write_grid(folder, size=96, steps=3)
         (mnt / "filler").write_bytes(b"\0" * (2 * 2**20))  # leave room for the store, not for the images
-        p = start_grid(exp, grid_env(home), folder / "reports-full")
+        env = {**grid_env(home), "PREFECT_HOME": str(folder / "prefect-full")}  # the store fills, not Prefect's
+        p = start_grid(exp, env, folder / "reports-full")
         out, err = p.communicate(timeout=900)
         lines = [ln for ln in err.splitlines() if ln.startswith("nst: error") or "Traceback" in ln]
         assert "Traceback" not in err, err[-2500:]
@@ -177,7 +178,7 @@ def fault_disk_full(folder: Path) -> str:
             return "disk full: grid finished (the store fitted)"
         assert len(lines) == 1, err[-2500:]
         (mnt / "filler").unlink()  # space again: the same command finishes the grid
-        p = start_grid(exp, grid_env(home), folder / "reports-full")
+        p = start_grid(exp, env, folder / "reports-full")
         out2, err2 = p.communicate(timeout=900)
         assert p.returncode == 0, out2[-1500:] + err2[-2500:]
         check_store(f"sqlite:///{home / 'mlflow.db'}", folder / "reports-full", artifact_dir(home))
