@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GRID = """
 grids:
   race:
-    settings: {size: 32, steps: 4, scales: []}
+    settings: {size: 48, steps: 20, scales: []}
     evaluate: false
     intermediate_images: 0
     axes:
@@ -74,7 +75,10 @@ def _check(results: list[subprocess.CompletedProcess], uri: str, tmp: Path) -> N
     for r in results:
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
         assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-3000:]
-        assert "4 finished" in r.stdout and "0 failed" in r.stdout, r.stdout
+        # each reports the whole grid done: cells it ran, ran by the other, or found finished when it started
+        # (Prefect's temporary servers start one after the other, so the second may begin late)
+        m = re.search(r"(\d+) skipped \(finished before\), (\d+) finished.*, 0 failed", r.stdout)
+        assert m and int(m[1]) + int(m[2]) == 4, r.stdout
     finished, states = run_counts(uri, "race")
     assert len(finished) == 4 and set(finished.values()) == {1}, finished  # each cell ran exactly once
     assert states[("RUNNING", "active")] == 0, states
