@@ -20,7 +20,7 @@ import yaml
 
 from nst.data import image
 from services import free_port as _free_port, psycopg as _psycopg, \
-    psycopg2_connect, wait_http as _wait_http
+    psycopg2_connect, stop_processes, wait_http as _wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,13 +171,7 @@ def test_grid_on_postgres_servers_with_two_process_workers(tmp_path: Path):
         r = cli(str(bindir / "nst"), "grid", "run", str(tmp_path / "exp.yaml"), "--grid", "fleet", "--dry-run")
         assert r.stdout.count("skip (finished)") == 2, r.stdout + r.stderr
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         with conn.cursor() as cur:
             for db in dbs.values():
                 cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
