@@ -177,12 +177,13 @@ def fault_disk_full(folder: Path) -> str:
         if p.returncode == 0:
             return "disk full: grid finished (the store fitted)"
         assert len(lines) == 1, err[-2500:]
+        first_rc = p.returncode
         (mnt / "filler").unlink()  # space again: the same command finishes the grid
         p = start_grid(exp, env, folder / "reports-full")
         out2, err2 = p.communicate(timeout=900)
         assert p.returncode == 0, out2[-1500:] + err2[-2500:]
         check_store(f"sqlite:///{home / 'mlflow.db'}", folder / "reports-full", artifact_dir(home))
-        return f"disk full: one line ({lines[0][:120]}), exit {p.returncode}; after freeing space the grid finished"
+        return f"disk full: one line ({lines[0][:120]}), exit {first_rc}; after freeing space the grid finished"
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,21 +72,37 @@ def start_process(name: str, args: list[str], env: dict, logs: Path, procs: list
                   cwd: Path | None = None) -> subprocess.Popen:
     logs.mkdir(parents=True, exist_ok=True)
     out = open(logs / f"{name}.log", "a")
-    p = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    # its own process group: `mlflow server` and `prefect server` fork workers that hold the port, and
+    # stopping only the parent leaves them serving (a restart on that port then never answers)
+    p = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
     p.log_path = logs / f"{name}.log"  # type: ignore[attr-defined]
     procs.append(p)
     return p
 
 
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    if p.poll() is not None:
+        return
+    try:
+        if os.getpgid(p.pid) == p.pid:  # started by start_process: its own group
+            os.killpg(p.pid, sig)  # the process and every worker it forked
+        else:
+            p.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process's group, SIGKILL what is left after 20 s: no orphaned worker keeps a port."""
     for p in procs:
-        if p.poll() is None:
-            p.terminate()
+        _signal_group(p, signal.SIGTERM)
     for p in procs:
         try:
             p.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            p.kill()
+            pass
+        _signal_group(p, signal.SIGKILL)
+        p.wait()
 
 
 class MlflowServer:

@@ -20,7 +20,7 @@ import yaml
 
 from nst.data import image
 from services import free_port as _free_port, psycopg as _psycopg, \
-    psycopg2_connect, stop_processes, wait_http as _wait_http
+    psycopg2_connect, start_process, stop_processes, wait_http as _wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,14 +104,9 @@ def test_grid_on_postgres_servers_with_two_process_workers(tmp_path: Path):
     bindir = Path(sys.executable).parent
     procs: list[subprocess.Popen] = []
     logs = tmp_path / "logs"
-    logs.mkdir()
 
     def start(name: str, args: list[str], extra: dict | None = None) -> subprocess.Popen:
-        out = open(logs / f"{name}.log", "w")
-        p = subprocess.Popen(args, env={**env, **(extra or {})}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        p.log_path = logs / f"{name}.log"  # type: ignore[attr-defined]
-        procs.append(p)
-        return p
+        return start_process(name, args, {**env, **(extra or {})}, logs, procs, cwd=ROOT)
 
     try:
         start("mlflow", [str(bindir / "mlflow"), "server",
