@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -71,6 +72,30 @@ def _env(verbose: bool = False) -> None:
     from flows.server import use_if_running
 
     use_if_running()  # `nst server start`'s Prefect server while it answers, else Prefect's ephemeral mode
+
+
+class _NoRunFailureTracebacks(logging.Filter):
+    """Keeps Prefect's flow/task-run errors off the terminal (they still reach Prefect's API and UI).
+
+    The exception that failed the run reaches `nst.cli.main`, which prints it as one line; Prefect's own
+    "Encountered exception during execution" record would put a traceback in front of that line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+                    and record.levelno >= logging.ERROR)
+
+
+def _quiet_run_failures(args: argparse.Namespace) -> None:
+    """Called just before a flow starts, after every Prefect setting is in the environment (Prefect reads its
+    settings when first imported)."""
+    if getattr(args, "verbose", False):
+        return
+    import prefect.main  # noqa: F401  (configures Prefect's logging: its console handler sits on the root logger)
+
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, _NoRunFailureTracebacks) for f in h.filters):
+            h.addFilter(_NoRunFailureTracebacks())
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -144,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         devices = (args.devices * args.workers)[: max(args.workers, len(args.devices))]
     start_ephemeral_prefect()
     flow = grid_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=len(devices)))
+    _quiet_run_failures(args)
     out = flow(str(Path(args.file).resolve()), args.grid, devices=devices, executor=args.executor,
                progress=not args.quiet, reports_dir=args.reports, deployment=args.deployment, batch=args.batch)
     failed = [r for r in out["results"] if r["status"] != "FINISHED"]
@@ -198,6 +224,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         load_grid(args.file, args.grid, METHODS)
     from flows.report import report_flow
 
+    _quiet_run_failures(args)
     out = report_flow(args.grid, args.file, args.reports)
     print(f"grid {args.grid}: {out['cells']} cells")
     for k, v in out["report"].items():
@@ -223,6 +250,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from flows.reproduce import reproduce_flow
     from tasks.cell import default_devices
 
+    _quiet_run_failures(args)
     out = reproduce_flow(str(Path(args.file).resolve()), None if args.all else args.figure, args.quick,
                          devices=default_devices(args.workers), reports_dir=args.reports, progress=not args.quiet)
     print(f"made {len(out['figures'])} figures: {', '.join(out['figures'])}")
