@@ -95,7 +95,7 @@ class StyleConfig(BaseModel):
     def _bytes(cls, v):
         if v is None or (isinstance(v, int) and not isinstance(v, bool)):
             return v
-        from .tiling import parse_bytes
+        from .units import parse_bytes
 
         return parse_bytes(v)
 

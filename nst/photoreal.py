@@ -33,13 +33,11 @@ coarse-to-fine optimisation.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 import warnings
 from collections import OrderedDict
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -245,69 +243,6 @@ def photoreal_energy(output: torch.Tensor, content: torch.Tensor, epsilon: float
     out = output.detach().float().cpu()
     out = out if out.dim() == 4 else out.unsqueeze(0)
     return float(PhotorealLoss(content, epsilon)(out))
-
-
-# --------------------------------------------------------------------------- two stages
-
-
-def stylize_two_stage(stylize_fn: Callable, content, styles: Sequence, config, *, callback=None, **kwargs):
-    """Luan et al.'s two stages: a plain transfer for the first half of ``config.steps``, then the
-    regularised one (``photoreal_weight``) started from that result for the rest.
-
-    Same number of steps in all as a one-stage run, so the two compare at equal cost.  The
-    regulariser is logged (weight 0) in the first stage too (single-scale runs), so the loss history
-    shows it fall.
-    `stylize_fn` is `nst.optimize.stylize` (passed in to avoid a circular import).
-    """
-    from . import color
-    from .images import save_image
-    from .optimize import StepInfo, as_image
-
-    steps1 = config.steps // 2
-    steps2 = config.steps - steps1
-    n_styles = len(styles) if config.multi_style == "sequential" and len(styles) > 1 else 1
-    content_img = as_image(content, config.size)
-    extra = list(kwargs.pop("extra_terms", None) or [])
-    first_cfg = config.replace(photoreal_two_stage=False, photoreal_weight=0.0, steps=steps1)
-
-    def shifted(offset: int, total: Callable[[int], int]):
-        if callback is None:
-            return None
-
-        def cb(info: StepInfo) -> None:
-            callback(StepInfo(info.step + offset, total(info.total_steps), info.stage, info.losses, info.elapsed,
-                              info.image))
-
-        return cb
-
-    # Stage 1 reports the whole run's step count: its own twice, corrected for the full-size steps
-    # (coarse-to-fine scales, if any, run in both stages).
-    total1 = lambda t1: 2 * t1 + (steps2 - steps1) * n_styles  # noqa: E731
-    # log the term (weight 0) in stage 1 too, unless coarse-to-fine scales are set: `stylize` keeps a run
-    # with extra terms at one scale
-    watch = [] if getattr(config, "scales", None) else [("photoreal", 0.0, photoreal_term(content_img, config))]
-    first = stylize_fn(content_img, styles, first_cfg, callback=shifted(0, total1),
-                       extra_terms=(extra + watch) or None, **kwargs)
-    offset = len(first.history)
-    init = first.image
-    if config.preserve_color == "luminance":
-        init = color.gray3(color.luminance(init))
-    with tempfile.TemporaryDirectory(prefix="nst-photoreal-") as tmp:
-        init_path = Path(tmp) / "stage1.png"  # how `init` takes an image (8-bit PNG, as nst.video does)
-        save_image(init, init_path)
-        second_cfg = config.replace(photoreal_two_stage=False, steps=steps2, init=str(init_path))
-        second = stylize_fn(content_img, styles, second_cfg, callback=shifted(offset, lambda t2: offset + t2),
-                            extra_terms=extra or None, **kwargs)
-    history = list(first.history)
-    for h in second.history:
-        history.append({**h, "step": h["step"] + offset, "time": h["time"] + first.timings["total_s"]})
-    timings = {k: first.timings.get(k, 0.0) + second.timings.get(k, 0.0)
-               for k in ("setup_s", "targets_s", "optimize_s", "total_s")}
-    timings["s_per_step"] = (first.timings["s_per_step"] * steps1 + second.timings["s_per_step"] * steps2) / max(
-        1, steps1 + steps2)
-    info = {**second.info, "steps": len(history), "photoreal_stage1_steps": offset,
-            "photoreal_stage1_energy": photoreal_energy(first.image, content_img, config.photoreal_epsilon)}
-    return type(second)(second.image, history, timings, info, config)
 
 
 # --------------------------------------------------------------------------- figure helpers

@@ -86,30 +86,8 @@ TRANSIENT_ACTIVATIONS = 3.8
 
 # --------------------------------------------------------------------------- sizes and units
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
-
-
-def parse_bytes(value) -> int:
-    """``'8GB'``, ``'512 MiB'``, ``'1.5g'`` or a number of bytes -> bytes (binary units: GB = 2**30)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 8GB or 512MB")
-    if isinstance(value, (int, float)):
-        if value <= 0 or not math.isfinite(value):
-            raise ValueError("must be a positive size such as 8GB")
-        return int(value)
-    text = str(value).strip().lower().replace(" ", "")
-    num = text.rstrip("abgikmt")
-    unit = text[len(num):]
-    try:
-        n = float(num)
-    except ValueError:
-        raise ValueError(f"'{value}' is not a size (use e.g. 8GB, 512MB)") from None
-    if unit not in _UNITS:
-        raise ValueError(f"'{value}': unknown unit '{unit}' (use KB, MB, GB, TB)")
-    if n <= 0 or not math.isfinite(n):
-        raise ValueError("must be a positive size such as 8GB")
-    return int(n * _UNITS[unit])
+# parse_bytes lives in nst.units (StyleConfig validates max_memory with it); imported here for callers.
+from .units import parse_bytes  # noqa: E402,F401
 
 
 def fmt_bytes(n: float) -> str:
@@ -665,8 +643,8 @@ def estimate_run(config, hw: tuple[int, int], speed: bool = True) -> list[tuple[
     """Per scale of the coarse-to-fine schedule at content size `hw`: (its estimate, tiled?).
 
     Raises the `ConfigError` `plan_scale` raises when a scale cannot fit at all."""
-    from .optimize import pyramid
     from .runtime import resolve_device, resolve_precision
+    from .schedule import pyramid
 
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)

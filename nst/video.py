@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, ImageError, NSTError, WeightsError
-from .images import load_image, resize, save_image
+from .images import load_image, resize
 from .losses import TemporalLoss
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
@@ -354,10 +354,9 @@ class FrameStylizer:
         self.prev_in: torch.Tensor | None = None
         self.prev_out: torch.Tensor | None = None
         self.errors: list[float] = []
-        self._tmp = tempfile.TemporaryDirectory(prefix="nst-video-")
 
     def close(self) -> None:
-        self._tmp.cleanup()
+        """Nothing to release any more (starting images are passed as tensors); kept for callers."""
 
     def __call__(self, frame: torch.Tensor) -> torch.Tensor:
         need_flow = self.prev_in is not None and (self.measure or (self.mode == "optim" and self.temporal))
@@ -379,24 +378,21 @@ class FrameStylizer:
         from .optimize import stylize
 
         cfg = self.config.replace(size=max(frame.shape[-2:]))
-        extra = None
+        extra = init = None
         if self.prev_out is not None and self.temporal:
             warped = warp(self.prev_out, flow_back).clamp(0, 1)
             if cfg.preserve_color == "luminance":  # the optimised image is grey in this mode
                 from .color import gray3, luminance
 
                 warped = gray3(luminance(warped)).clamp(0, 1)
-            init = Path(self._tmp.name) / "init.png"
-            save_image(warped, init)
-            changes = {"init": str(init)}
+            init = warped  # the frame starts from the previous output, warped into it
             if self.frame_steps is not None:
-                changes["steps"] = self.frame_steps
-            cfg = cfg.replace(**changes)
+                cfg = cfg.replace(steps=self.frame_steps)
             if self.temporal_weight > 0:
                 extra = [("temporal", self.temporal_weight, TemporalLoss(warped, mask))]
         elif self.prev_out is not None and self.frame_steps is not None:
             cfg = cfg.replace(steps=self.frame_steps)
-        return stylize(frame, self.styles, cfg, extra_terms=extra).image
+        return stylize(frame, self.styles, cfg, extra_terms=extra, init=init).image
 
     def result(self, seconds: float) -> VideoResult:
         n = len(self.errors) + (1 if self.prev_out is not None else 0)
