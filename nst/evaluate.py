@@ -16,6 +16,7 @@ the settings being compared.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -138,7 +139,18 @@ class Evaluator:
         )
 
 
-_DEFAULT: dict[str, Evaluator] = {}
+_SHARED: dict[tuple[str, int], Evaluator] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_evaluator(device: str | torch.device = "cpu", resolution: int = EVAL_RESOLUTION) -> Evaluator:
+    """The process-wide evaluator of a device and resolution, built once (its network and target cache
+    are shared by every caller; the lock keeps concurrent first callers from building two)."""
+    key = (str(device), int(resolution))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = Evaluator(device, resolution)
+        return _SHARED[key]
 
 
 def evaluate(
@@ -149,7 +161,4 @@ def evaluate(
     device: str | torch.device = "cpu",
 ) -> Scores:
     """Score with the process-wide default evaluator (built once per device)."""
-    key = str(device)
-    if key not in _DEFAULT:
-        _DEFAULT[key] = Evaluator(device)
-    return _DEFAULT[key].score(output, content, styles, style_weights)
+    return shared_evaluator(device).score(output, content, styles, style_weights)

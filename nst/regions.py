@@ -1,6 +1,7 @@
 """Localized style transfer: a region map plus ``{region: style or "keep"}`` -> one stylised image.
 
-Five methods, each selectable by name (`METHODS`), all built on `nst.optimize.stylize`:
+Five methods, each selectable by name (`METHODS`; each composed by a function of `COMPOSERS`),
+all built on `nst.optimize.stylize`:
 
 * ``stitched`` — one style image with the content's layout, each region filled
   with its style's texture, then one ordinary transfer (fast; styles only
@@ -24,7 +25,6 @@ on the fixed evaluator's network.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +36,23 @@ import torch.nn.functional as F
 
 from .config import StyleConfig, make_config
 from .errors import ConfigError
-from .evaluate import EVAL_STYLE_LAYERS, Evaluator
+from .evaluate import EVAL_STYLE_LAYERS, Evaluator, shared_evaluator
 from .features import TargetCache, tensor_digest
 from .images import resize, resize_longest
 from .losses import gram_matrix, relative_error
-from .optimize import StepInfo, StyleResult, as_image, downsample_mask, run_steps, style_size, stylize
+from .optimize import (
+    StepInfo,
+    StyleResult,
+    as_image,
+    chain_runs,
+    downsample_mask,
+    run_steps,
+    shifted_callback,
+    style_size,
+    stylize,
+)
 from .segment import RegionError, RegionMap
 
-METHODS = ("stitched", "per-region-composite", "guided-gram", "locality", "portion")
 KEEP = "keep"
 #: Key of a style that applies to every region not named explicitly.
 DEFAULT_KEY = "*"
@@ -167,6 +176,115 @@ def stitched_style(content: torch.Tensor, labels: torch.Tensor, per_label: Seque
 # --------------------------------------------------------------------------- entry point
 
 
+@dataclass
+class RegionPlan:
+    """A region transfer's inputs, prepared once for every method: the content at its size, the region
+    map at that size, each label's style, and the styles grouped (regions sharing a style form one
+    group with the union of their masks)."""
+
+    content: torch.Tensor
+    region_map: RegionMap
+    sources: list[object | None]  # each label's style as given (path or tensor), None for keep / empty
+    per_label: list[torch.Tensor | None]  # each label's style image at the style size
+    groups: dict[str, tuple[torch.Tensor, torch.Tensor]]  # style key -> (style image, union of its masks)
+    keep: torch.Tensor  # [1, 1, H, W]: 1 where the content stays
+    feather: float
+    band: float | None
+    config: StyleConfig
+
+    @property
+    def styles(self) -> list[torch.Tensor]:
+        return [g[0] for g in self.groups.values()]
+
+    @property
+    def masks(self) -> list[torch.Tensor]:
+        return [g[1] for g in self.groups.values()]
+
+
+#: ``run(styles, style_masks=None, image=None, cfg=None) -> image``: one optimisation of a region method.
+RunFn = Callable[..., torch.Tensor]
+
+
+def _stitched(plan: RegionPlan, run: RunFn) -> torch.Tensor:
+    return run([stitched_style(plan.content, plan.region_map.labels, plan.per_label)])
+
+
+def _per_region_composite(plan: RegionPlan, run: RunFn) -> torch.Tensor:
+    styles = plan.styles
+    outs = [run([s]) for s in styles]
+    group_of_label = torch.full((len(plan.per_label),), len(styles), dtype=torch.long)  # last = content
+    for gi, k in enumerate(plan.groups):
+        for idx, s in enumerate(plan.sources):
+            if plan.per_label[idx] is not None and _style_key(s) == k:
+                group_of_label[idx] = gi
+    w = soft_masks(group_of_label[plan.region_map.labels], len(styles) + 1, plan.feather)
+    stack = torch.cat([*outs, plan.content], 0)  # [G+1, 3, H, W]
+    return (w[:, None] * stack).sum(0, keepdim=True)
+
+
+def _guided_gram(plan: RegionPlan, run: RunFn) -> torch.Tensor:
+    return run(plan.styles, plan.masks)
+
+
+def _locality(plan: RegionPlan, run: RunFn) -> torch.Tensor:
+    b = plan.band if plan.band is not None else default_band(plan.content.shape[-2:])
+    return run(plan.styles, [border_weights(m, b) for m in plan.masks])
+
+
+def _portions(plan: RegionPlan, run: RunFn) -> torch.Tensor:
+    out = plan.content.clone()
+    for style, mask in zip(plan.styles, plan.masks):
+        out = _portion(out, plan.content, style, mask, plan.config, plan.feather, run)
+    return out
+
+
+#: How each method makes its image from the prepared inputs (the methods themselves: `nst.methods`).
+COMPOSERS: dict[str, Callable[[RegionPlan, RunFn], torch.Tensor]] = {
+    "stitched": _stitched,
+    "per-region-composite": _per_region_composite,
+    "guided-gram": _guided_gram,
+    "locality": _locality,
+    "portion": _portions,
+}
+#: The region methods, by name (each one an entry of `nst.methods.METHODS` too).
+METHODS = tuple(COMPOSERS)
+#: Methods that run one optimisation per style (their progress counts every run).
+PER_STYLE = ("per-region-composite", "portion")
+#: Methods that optimise the whole image, so `keep` regions are blended back afterwards.
+KEEP_AFTER = ("stitched", "guided-gram", "locality")
+
+
+def plan_regions(content, region_map: RegionMap, region_styles: Mapping[str, object], method: str,
+                 config: StyleConfig, feather: float | None = None, band: float | None = None) -> RegionPlan:
+    """Load the content and every style once, resize the map, group the regions by style."""
+    content_img = as_image(content, config.size)
+    hw = tuple(content_img.shape[-2:])
+    rm = region_map.resized(hw)
+    sources = assign_styles(rm, region_styles, method)
+    s_size = style_size(content_img, config.style_scale)
+    loaded: dict[str, torch.Tensor] = {}
+    per_label: list[torch.Tensor | None] = []
+    for s in sources:
+        if s is None:
+            per_label.append(None)
+            continue
+        k = _style_key(s)
+        if k not in loaded:
+            loaded[k] = as_image(s, s_size)
+        per_label.append(loaded[k])
+    groups: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for idx, s in enumerate(sources):
+        if per_label[idx] is None:
+            continue
+        k = _style_key(s)
+        style, mask = groups.get(k, (per_label[idx], torch.zeros(1, 1, *hw)))
+        groups[k] = (style, torch.maximum(mask, rm.mask(idx)))
+    keep = torch.tensor([s is None for s in per_label])[rm.labels].float()[None, None]
+    if feather is None:
+        feather = default_blend(hw) if method == "portion" else 0.0
+    return RegionPlan(content_img, rm, sources, per_label, groups, keep, feather, band, config)
+
+
 def stylize_regions(
     content,
     region_map: RegionMap,
@@ -194,88 +312,32 @@ def stylize_regions(
         config = make_config(**config)
     config = (config or StyleConfig()).replace(style_weights=None, multi_style="blend")
     t0 = time.perf_counter()
-    content_img = as_image(content, config.size)
-    hw = tuple(content_img.shape[-2:])
-    rm = region_map.resized(hw)
-    per_label_src = assign_styles(rm, region_styles, method)
-    s_size = style_size(content_img, config.style_scale)
-    loaded: dict[str, torch.Tensor] = {}
-    per_label: list[torch.Tensor | None] = []
-    for s in per_label_src:
-        if s is None:
-            per_label.append(None)
-            continue
-        k = _style_key(s)
-        if k not in loaded:
-            loaded[k] = as_image(s, s_size)
-        per_label.append(loaded[k])
-    # Regions sharing a style form one group with the union of their masks.
-    groups: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for idx, s in enumerate(per_label_src):
-        if per_label[idx] is None:
-            continue
-        k = _style_key(s)
-        style, mask = groups.get(k, (per_label[idx], torch.zeros(1, 1, *hw)))
-        groups[k] = (style, torch.maximum(mask, rm.mask(idx)))
-    styles = [g[0] for g in groups.values()]
-    masks = [g[1] for g in groups.values()]
-    keep = torch.tensor([s is None for s in per_label])[rm.labels].float()[None, None]
-    if feather is None:
-        feather = default_blend(hw) if method == "portion" else 0.0
-
+    plan = plan_regions(content, region_map, region_styles, method, config, feather, band)
     runs: list[StyleResult] = []
-    steps_per_run = run_steps(config, hw)  # every scale of a coarse-to-fine run
+    steps_per_run = run_steps(config, tuple(plan.content.shape[-2:]))  # every scale of a coarse-to-fine run
+    total = steps_per_run * (len(plan.groups) if method in PER_STYLE else 1)
 
     def run(style_list, style_masks=None, image=None, cfg=None) -> torch.Tensor:
-        offset = len(runs) * steps_per_run
-        total = steps_per_run * (len(styles) if method in ("per-region-composite", "portion") else 1)
-        cb = None
-        if callback is not None:
-            cb = lambda info: callback(dataclasses.replace(info, step=info.step + offset, total_steps=total))  # noqa: E731
-        r = stylize(content_img if image is None else image, style_list, cfg or config, callback=cb,
+        cb = shifted_callback(callback, len(runs) * steps_per_run, lambda _: total)
+        r = stylize(plan.content if image is None else image, style_list, cfg or config, callback=cb,
                     log_every=log_every, image_every=image_every, cache=cache, style_masks=style_masks)
         runs.append(r)
         return r.image
 
-    if method == "stitched":
-        out = run([stitched_style(content_img, rm.labels, per_label)])
-    elif method == "per-region-composite":
-        outs = [run([s]) for s in styles]
-        group_of_label = torch.full((len(per_label),), len(styles), dtype=torch.long)  # last = content
-        for gi, k in enumerate(groups):
-            for idx, s in enumerate(per_label_src):
-                if per_label[idx] is not None and _style_key(s) == k:
-                    group_of_label[idx] = gi
-        w = soft_masks(group_of_label[rm.labels], len(styles) + 1, feather)
-        stack = torch.cat([*outs, content_img], 0)  # [G+1, 3, H, W]
-        out = (w[:, None] * stack).sum(0, keepdim=True)
-    elif method == "guided-gram":
-        out = run(styles, masks)
-    elif method == "portion":
-        out = content_img.clone()
-        for style, mask in zip(styles, masks):
-            out = _portion(out, content_img, style, mask, config, feather, run)
-    else:  # locality
-        b = band if band is not None else default_band(hw)
-        out = run(styles, [border_weights(m, b) for m in masks])
+    out = COMPOSERS[method](plan, run)
+    if method in KEEP_AFTER and bool(plan.keep.any()):
+        a = plan.keep if plan.feather <= 0 else soft_masks(plan.keep[0, 0].long(), 2, plan.feather)[1][None, None]
+        out = out * (1 - a) + plan.content * a
+    return _region_result(out.clamp(0, 1), plan, method, runs, steps_per_run, time.perf_counter() - t0)
 
-    if method in ("stitched", "guided-gram", "locality") and bool(keep.any()):
-        a = keep if feather <= 0 else soft_masks(keep[0, 0].long(), 2, feather)[1][None, None]
-        out = out * (1 - a) + content_img * a
-    out = out.clamp(0, 1)
 
-    history: list[dict[str, float]] = []
-    for i, r in enumerate(runs):
-        for e in r.history:
-            history.append({**e, "step": e["step"] + i * steps_per_run, "stage": float(i)})
-    opt_s = sum(r.timings["optimize_s"] for r in runs)
-    timings = {
-        "setup_s": sum(r.timings["setup_s"] for r in runs),
-        "targets_s": sum(r.timings["targets_s"] for r in runs),
-        "optimize_s": opt_s,
-        "total_s": time.perf_counter() - t0,
-        "s_per_step": opt_s / max(1, len(history)),
-    }
+def _region_result(out: torch.Tensor, plan: RegionPlan, method: str, runs: list[StyleResult], steps_per_run: int,
+                   wall: float) -> RegionResult:
+    """The runs chained into one history and timings, and what the result was made of."""
+    history, timings = chain_runs(runs, [i * steps_per_run for i in range(len(runs))], stage_per_run=True)
+    timings["total_s"] = wall
+    timings["s_per_step"] = timings["optimize_s"] / max(1, len(history))
+    rm = plan.region_map
     info = dict(runs[-1].info)
     info.update(
         method=method,
@@ -284,12 +346,12 @@ def stylize_regions(
         regions=list(rm.names),
         region_source=rm.source,
         region_areas={n: rm.area(i) for i, n in enumerate(rm.names)},
-        region_styles={n: _describe(per_label_src[i], rm.area(i)) for i, n in enumerate(rm.names)},
-        feather=float(feather),
+        region_styles={n: _describe(plan.sources[i], rm.area(i)) for i, n in enumerate(rm.names)},
+        feather=float(plan.feather),
     )
     if method == "locality":
-        info["band"] = float(band if band is not None else default_band(hw))
-    return RegionResult(out, history, timings, info, config, region_map=rm)
+        info["band"] = float(plan.band if plan.band is not None else default_band(plan.content.shape[-2:]))
+    return RegionResult(out, history, timings, info, plan.config, region_map=rm)
 
 
 def _portion(out, content, style, mask, config, blend, run) -> torch.Tensor:
@@ -322,23 +384,13 @@ def _describe(style: object, area: float) -> str:
 
 # --------------------------------------------------------------------------- leakage
 
-_EVALUATORS: dict[tuple[str, int], Evaluator] = {}
-
-
-def _evaluator(device: str | torch.device = "cpu", resolution: int = 512) -> Evaluator:
-    key = (str(device), resolution)
-    if key not in _EVALUATORS:
-        _EVALUATORS[key] = Evaluator(device, resolution)
-    return _EVALUATORS[key]
-
-
 @torch.no_grad()
 def masked_style_distance(
     output: torch.Tensor, style: torch.Tensor, mask: torch.Tensor, evaluator: Evaluator | None = None
 ) -> float:
     """The evaluator's style distance measured only inside `mask` (guided Gram of the output
     against the style's plain Gram), on the evaluator's fixed network, layers and size."""
-    ev = evaluator or _evaluator()
+    ev = evaluator or shared_evaluator()
     out = resize_longest(output.float().cpu(), ev.resolution)
     m = F.interpolate(mask.float().cpu(), size=tuple(out.shape[-2:]), mode="bilinear", align_corners=False)
     fo = {k: v.float() for k, v in ev.extractor(out.to(ev.device)).items()}
