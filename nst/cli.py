@@ -7,21 +7,23 @@ nothing is written unless the run finishes.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
+from . import methods
 from .errors import NSTError
 
 EXIT_INPUT = 2
 EXIT_FAILED = 1  # the machine or a service failed (disk full, tracking server gone): not the input
 EXIT_INTERRUPTED = 130
 
-#: Modules that may add subcommands (they import Prefect/MLflow, so they live outside nst/).
-PLUGINS = ("flows.cli", "nst.fast.cli")
+#: Entry-point group of packages that add subcommands: ``add_commands(subparsers)`` (the grid commands live
+#: in `flows`, which imports Prefect/MLflow, so nst never imports it by name).
+COMMANDS_GROUP = "nst.commands"
 
 
 def _default(field: str):
@@ -89,8 +91,7 @@ def _add_stylize(sub) -> None:
     g.add_argument("--regions", help="coco:CAT[,CAT..] (needs --coco), person (offline segmenter), "
                    "deeplab[:CLASS,..], or a label image file (PNG)")
     g.add_argument("--coco", help="COCO instances JSON holding the content image (matched by file name)")
-    g.add_argument("--method", default="guided-gram",
-                   choices=("stitched", "per-region-composite", "guided-gram", "locality", "portion"),
+    g.add_argument("--method", default="guided-gram", choices=methods.names("regions"),
                    help="how regions get their styles")
     g.add_argument("--feather", type=float, help="soft region border in px (portion: blend width, default 3%%)")
     g.add_argument("--seg-weights", help="DeepLabv3 weights file (default: the torch hub cache)")
@@ -124,7 +125,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     from .config import make_config
     from .evaluate import evaluate
     from .images import load_image, save_image
-    from .optimize import run_steps, stylize, style_size
+    from .optimize import run_steps, style_size, stylize
 
     out = Path(args.out)
     if out.exists() and out.is_dir():
@@ -325,15 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stylize(sub)
     _add_backbones(sub)
     _add_evaluate(sub)
-    for mod in PLUGINS:
+    from .fast.cli import add_commands as add_fast_commands
+
+    for add_commands in plugin_commands():  # the grid commands first, as before
+        add_commands(sub)
+    add_fast_commands(sub)
+    return parser
+
+
+def plugin_commands() -> list:
+    """The ``add_commands`` functions of the installed `COMMANDS_GROUP` entry points, by name; one whose
+    packages are missing (a core-only install without Prefect/MLflow) is simply absent."""
+    found = []
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         try:
-            plugin = importlib.import_module(mod)
+            found.append(ep.load())
         except ImportError as exc:
             if exc.name and exc.name.split(".")[0] in ("flows", "tasks", "prefect", "mlflow"):
-                continue  # core-only install: grid commands are simply absent
+                continue
             raise
-        plugin.add_commands(sub)
-    return parser
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -167,20 +167,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"saved {r.model_path}: {r.timings['train_s']:.1f}s, {r.timings['images_per_s']:.2f} images/s")
         return 0
     try:
-        import os
-
-        from tasks.settings import OFFLINE_ENV
-
-        for k, v in OFFLINE_ENV.items():  # before Prefect is imported: it reads them once
-            os.environ.setdefault(k, v)
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        from flows.train import run_training
+        run_training = tracked_training()
     except ImportError as exc:
         raise NSTError(f"nst train needs the flows package and prefect/mlflow ({exc}); or use --no-track") from None
     results = run_training(configs, experiment=args.experiment, progress=not args.quiet)
     for r in results:
         print(f"saved {r['model']}: {r['train_s']:.1f}s, {r['images_per_s']:.2f} images/s, MLflow run {r['run_id']}")
     return 0
+
+
+#: Entry-point group of the tracked training (`flows` provides ``tracked``: a Prefect flow into MLflow).
+TRAINING_GROUP = "nst.training"
+
+
+def tracked_training():
+    """``run_training(configs, experiment=, progress=)`` from the installed `TRAINING_GROUP` entry point
+    (which imports Prefect: an ImportError when it is missing)."""
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep for ep in entry_points(group=TRAINING_GROUP)}
+    if "tracked" not in eps:
+        raise ImportError(f"no '{TRAINING_GROUP}' entry point 'tracked' (is nst-lab installed with its flows?)")
+    return eps["tracked"].load()()
 
 
 # --------------------------------------------------------------------------- video
