@@ -210,11 +210,6 @@ class Experiments:
     grids: dict[str, GridSpec]
     raw: ExperimentsFile
 
-    def grid(self, name: str) -> Grid:
-        if name not in self.grids:
-            raise ConfigError(f"{self.path}: no grid '{name}' (grids: {', '.join(self.grids)})")
-        return expand(self, name)
-
     @property
     def figures(self) -> dict[str, FigureSpec]:
         return self.raw.figures
@@ -299,75 +294,92 @@ def parse_entry(key: str, value: Any, where: str, base: Path, methods: Iterable[
     if key in OPTION_KEYS:
         label, v = parse_option(key, value, where, base)
         return label, {key: v}
-    if key == "style":
-        if isinstance(value, str):
-            p = _file(value, where, base, "style")
-            return p.stem, {"styles": [p], "style_weights": None, "multi_style": "blend"}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a style image path or a mapping {{images, weights, mode}}")
-        try:
-            mix = StyleMix.model_validate(value)
-        except ValidationError as exc:
-            raise ConfigError(_pydantic_message(exc, where)) from None
-        paths = [_file(v, f"{where}.images[{i}]", base, "style") for i, v in enumerate(mix.images)]
-        if mix.weights is not None:
-            if len(mix.weights) != len(paths):
-                raise ConfigError(f"{where}.weights: {len(mix.weights)} weights for {len(paths)} images")
-            for i, w in enumerate(mix.weights):
-                if w < 0:
-                    raise ConfigError(f"{where}.weights[{i}]: weight {w:g} is negative (must be >= 0)")
-            if sum(mix.weights) <= 0:
-                raise ConfigError(f"{where}.weights: must not all be zero")
-            if mix.mode == "sequential":
-                raise ConfigError(f"{where}.weights: blend weights have no meaning with mode: sequential")
-        sep = ">" if mix.mode == "sequential" else "+"
-        label = mix.label or sep.join(p.stem for p in paths) + (
-            f" ({'/'.join(_num(w) for w in mix.weights)})" if mix.weights else ""
-        )
-        return label, {
-            "styles": paths,
-            "style_weights": tuple(mix.weights) if mix.weights else None,
-            "multi_style": mix.mode,
-        }
-    if key == "weights":
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"{where}: expected a mapping {{content, style, tv}} of loss weights, got {value!r}"
-                " (the network's weights are 'backbone_weights')"
-            )
-        try:
-            ws = WeightSet.model_validate(value)
-        except ValidationError as exc:
-            raise ConfigError(_pydantic_message(exc, where)) from None
-        over = {k: v for k, v in (("content_weight", ws.content), ("style_weight", ws.style), ("tv_weight", ws.tv))
-                if v is not None}
-        label = ws.label or "/".join(f"{k[0]}{_num(v)}" for k, v in over.items())
-        return label, over
-    if key == "backbone_weights":
-        if value is None or value == "random":
-            return str(value or "default"), {"weights": value}
-        return Path(str(value)).name, {"weights": str(_file(value, where, base, "backbone weights"))}
-    if key == "regions":
-        return _parse_regions(value, where, base)
-    if key == "coco":
-        p = _file(value, where, base, "COCO annotations")
-        return p.name, {"coco": p}
-    if key == "region_styles":
-        return _parse_region_styles(value, where, base)
     if key == "method":
-        if not isinstance(value, str) or (methods is not None and value not in set(methods)):
-            known = f" (known: {', '.join(methods)})" if methods is not None else ""
-            raise ConfigError(f"{where}: unknown method {value!r}{known}")
-        return value, {"method": value}
-    if key == "backbone":
-        from . import backbones
-
-        if value not in backbones.names():
-            raise ConfigError(f"{where}: unknown backbone {value!r} (known: {', '.join(backbones.names())})")
-        return value, {"backbone": value}
+        return _parse_method(value, where, methods)
+    parser = _ENTRY_PARSERS.get(key)
+    if parser is not None:
+        return parser(value, where, base)
     if key == "init" and isinstance(value, str) and value not in ("content", "noise"):
         return Path(value).stem, {"init": str(_file(value, where, base, "init image"))}
-    # Any other engine option: let StyleConfig check it on its own.
+    return _parse_config_value(key, value, where)
+
+
+def _parse_style(value: Any, where: str, base: Path) -> tuple[str, dict]:
+    """A style image, or a mix {images, weights, mode, label} -> styles, blend weights and mode."""
+    if isinstance(value, str):
+        p = _file(value, where, base, "style")
+        return p.stem, {"styles": [p], "style_weights": None, "multi_style": "blend"}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a style image path or a mapping {{images, weights, mode}}")
+    try:
+        mix = StyleMix.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_message(exc, where)) from None
+    paths = [_file(v, f"{where}.images[{i}]", base, "style") for i, v in enumerate(mix.images)]
+    if mix.weights is not None:
+        if len(mix.weights) != len(paths):
+            raise ConfigError(f"{where}.weights: {len(mix.weights)} weights for {len(paths)} images")
+        for i, w in enumerate(mix.weights):
+            if w < 0:
+                raise ConfigError(f"{where}.weights[{i}]: weight {w:g} is negative (must be >= 0)")
+        if sum(mix.weights) <= 0:
+            raise ConfigError(f"{where}.weights: must not all be zero")
+        if mix.mode == "sequential":
+            raise ConfigError(f"{where}.weights: blend weights have no meaning with mode: sequential")
+    sep = ">" if mix.mode == "sequential" else "+"
+    label = mix.label or sep.join(p.stem for p in paths) + (
+        f" ({'/'.join(_num(w) for w in mix.weights)})" if mix.weights else ""
+    )
+    return label, {
+        "styles": paths,
+        "style_weights": tuple(mix.weights) if mix.weights else None,
+        "multi_style": mix.mode,
+    }
+
+
+def _parse_weights(value: Any, where: str, base: Path) -> tuple[str, dict]:
+    """A loss-weight set {content, style, tv, label} -> the config's *_weight fields."""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping {{content, style, tv}} of loss weights, got {value!r}"
+            " (the network's weights are 'backbone_weights')"
+        )
+    try:
+        ws = WeightSet.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_message(exc, where)) from None
+    over = {k: v for k, v in (("content_weight", ws.content), ("style_weight", ws.style), ("tv_weight", ws.tv))
+            if v is not None}
+    label = ws.label or "/".join(f"{k[0]}{_num(v)}" for k, v in over.items())
+    return label, over
+
+
+def _parse_backbone_weights(value: Any, where: str, base: Path) -> tuple[str, dict]:
+    if value is None or value == "random":
+        return str(value or "default"), {"weights": value}
+    return Path(str(value)).name, {"weights": str(_file(value, where, base, "backbone weights"))}
+
+
+def _parse_coco(value: Any, where: str, base: Path) -> tuple[str, dict]:
+    p = _file(value, where, base, "COCO annotations")
+    return p.name, {"coco": p}
+
+
+def _parse_method(value: Any, where: str, methods: Iterable[str] | None) -> tuple[str, dict]:
+    if not isinstance(value, str) or (methods is not None and value not in set(methods)):
+        known = f" (known: {', '.join(methods)})" if methods is not None else ""
+        raise ConfigError(f"{where}: unknown method {value!r}{known}")
+    return value, {"method": value}
+
+
+def _parse_backbone(value: Any, where: str, base: Path) -> tuple[str, dict]:
+    if value not in backbones.names():
+        raise ConfigError(f"{where}: unknown backbone {value!r} (known: {', '.join(backbones.names())})")
+    return value, {"backbone": value}
+
+
+def _parse_config_value(key: str, value: Any, where: str) -> tuple[str, dict]:
+    """Any other engine option: StyleConfig checks it on its own; lists become tuples."""
     try:
         make_config(**{key: value})
     except ConfigError as exc:
@@ -431,6 +443,18 @@ def _parse_region_styles(value: Any, where: str, base: Path) -> tuple[str, dict]
         raise ConfigError(f"{where}: every region is '{KEEP}': nothing to stylise")
     label = ",".join(f"{k}={'keep' if v == KEEP else Path(v).stem}" for k, v in styles.items())
     return label, {"region_styles": styles}
+
+
+#: Keys with a parser of their own (`parse_entry`): value, YAML path, base folder -> (label, overrides).
+_ENTRY_PARSERS = {
+    "style": _parse_style,
+    "weights": _parse_weights,
+    "backbone_weights": _parse_backbone_weights,
+    "regions": _parse_regions,
+    "coco": _parse_coco,
+    "region_styles": _parse_region_styles,
+    "backbone": _parse_backbone,
+}
 
 
 @functools.lru_cache(maxsize=64)
@@ -602,6 +626,12 @@ def _check_cell_count(spec: "GridSpec", gp: str) -> None:
                           "split it into several grids")
 
 
+#: One parsed axis value: (label, overrides, raw value, YAML path).
+AxisValue = tuple[str, dict, Any, str]
+#: One axis value of a combination: (axis, label, overrides, raw value, YAML path).
+Choice = tuple[str, str, dict, Any, str]
+
+
 def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
            overrides: dict[str, Any] | None = None, overrides_at: str = "overrides") -> Grid:
     """Validate grid `name` completely and return its cells (product - exclude + include, x repeats).
@@ -613,11 +643,34 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
     base = exp.path.parent
     gp = f"grids.{name}"
     methods = tuple(methods) if methods is not None else None
-    from .regions import METHODS as region_methods
+    base_over, layers_from = _fixed_settings(exp, spec, gp, base, methods, overrides, overrides_at)
+    _check_cell_count(spec, gp)
+    axes = _parse_axes(spec, gp, base, methods, base_over)
+    axis_names = [k for k, _ in axes]
+    _check_axis_references(spec, gp, axis_names)
+    options = {
+        "evaluate": spec.evaluate,
+        "eval_resolution": spec.eval_resolution,
+        "intermediate_images": spec.intermediate_images,
+    }
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for combo in _combinations(spec, gp, axes, base, methods):
+        cell = _build_cell(name, gp, combo, base_over, layers_from, axis_names, options, len(cells))
+        if cell.cell_id in seen:
+            continue
+        seen.add(cell.cell_id)
+        cells.append(cell)
+    if not cells:
+        raise ConfigError(f"{gp}: no cells left (every combination is excluded)")
+    return Grid(name, spec, cells, axis_names, exp.path)
 
-    # fixed settings: defaults < presets < settings, each remembered with its YAML path
+
+def _fixed_settings(exp: Experiments, spec: GridSpec, gp: str, base: Path, methods: tuple[str, ...] | None,
+                    overrides: dict[str, Any] | None, overrides_at: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The grid's fixed settings (defaults < presets < settings < overrides) parsed into cell overrides,
+    and the YAML path each came from (for per-cell messages)."""
     fixed: dict[str, tuple[Any, str]] = {}
-    layers_from: dict[str, str] = {}
     preset_names = [spec.preset] if isinstance(spec.preset, str) else list(spec.preset or [])
     sources = [(exp.raw.defaults, "defaults")]
     for i, pn in enumerate(preset_names):
@@ -631,16 +684,19 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
     for mapping, prefix in sources:
         for k, v in mapping.items():
             fixed[k] = (v, f"{prefix}.{k}")
-
     base_over: dict[str, Any] = {}
+    layers_from: dict[str, str] = {}
     for k, (v, where) in fixed.items():
         _, over = parse_entry(k, v, where, base, methods)
         base_over.update(over)
-        layers_from[k] = where  # where each setting came from, for per-cell messages
+        layers_from[k] = where
+    return base_over, layers_from
 
-    _check_cell_count(spec, gp)
-    # axes
-    axes: list[tuple[str, list[tuple[str, dict, Any, str]]]] = []
+
+def _parse_axes(spec: GridSpec, gp: str, base: Path, methods: tuple[str, ...] | None,
+                base_over: dict[str, Any]) -> list[tuple[str, list[AxisValue]]]:
+    """Every axis value parsed (no duplicates), plus the seed axis of `repeats`."""
+    axes: list[tuple[str, list[AxisValue]]] = []
     for k, values in spec.axes.items():
         where = f"{gp}.axes.{k}"
         if k not in ALLOWED_KEYS:
@@ -656,20 +712,23 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
         if dup is not None:
             raise ConfigError(f"{where}[{dup}]: value {values[dup]!r} appears twice in the axis")
         axes.append((k, parsed))
-    axis_names = [k for k, _ in axes]
     if spec.repeats > 1:
-        if "seed" in axis_names:
+        if "seed" in spec.axes:
             raise ConfigError(f"{gp}.repeats: use either repeats or a seed axis, not both")
         seed0 = int(base_over.get("seed", 0))
-        axes.append(("seed", [(str(seed0 + r), {"seed": seed0 + r}, seed0 + r, f"{gp}.repeats") for r in range(spec.repeats)]))
-        axis_names.append("seed")
+        axes.append(("seed", [(str(seed0 + r), {"seed": seed0 + r}, seed0 + r, f"{gp}.repeats")
+                              for r in range(spec.repeats)]))
+    return axes
+
+
+def _check_axis_references(spec: GridSpec, gp: str, axis_names: list[str]) -> None:
+    """The contact sheet, summary and exclude rules may only name axes."""
     for which in ("rows", "cols"):
         a = getattr(spec.contact_sheet, which)
         if a is not None and a not in axis_names:
             raise ConfigError(f"{gp}.contact_sheet.{which}: '{a}' is not an axis (axes: {', '.join(axis_names)})")
     if spec.summary_by is not None and spec.summary_by not in axis_names:
         raise ConfigError(f"{gp}.summary_by: '{spec.summary_by}' is not an axis (axes: {', '.join(axis_names)})")
-
     for kind, rules in (("exclude", spec.exclude), ("include", spec.include)):
         for i, rule in enumerate(rules):
             _entry_dict(rule, f"{gp}.{kind}[{i}]")
@@ -677,7 +736,11 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
                 if kind == "exclude" and k not in axis_names:
                     raise ConfigError(f"{gp}.{kind}[{i}].{k}: not an axis (axes: {', '.join(axis_names)})")
 
-    combos: list[list[tuple[str, str, dict, Any, str]]] = []
+
+def _combinations(spec: GridSpec, gp: str, axes: list[tuple[str, list[AxisValue]]], base: Path,
+                  methods: tuple[str, ...] | None) -> list[list[Choice]]:
+    """The axis product minus the excluded combinations, then each include rule over the free axes."""
+    combos: list[list[Choice]] = []
     for combo in itertools.product(*[[(k, *p) for p in parsed] for k, parsed in axes]):
         raw = {k: v for k, _, _, v, _ in combo}
         labels = {k: lab for k, lab, _, _, _ in combo}
@@ -694,56 +757,54 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
         free = [[(k, *p) for p in parsed] for k, parsed in axes if k not in given]
         for rest in itertools.product(*free):
             combos.append(list(rest) + extra)
+    return combos
 
-    options = {
-        "evaluate": spec.evaluate,
-        "eval_resolution": spec.eval_resolution,
-        "intermediate_images": spec.intermediate_images,
-    }
-    cells: list[Cell] = []
-    seen: set[str] = set()
-    for combo in combos:
-        over = dict(base_over)
-        origin = dict(layers_from)
-        for k, _, o, _, w in combo:
-            over.update(o)
-            origin[k] = w
-        labels = {k: lab for k, lab, _, _, _ in combo}
-        labels = {**{k: labels[k] for k in axis_names if k in labels},
-                  **{k: v for k, v in labels.items() if k not in axis_names}}
-        what = f"{gp} cell [{', '.join(f'{k}={v}' for k, v in labels.items())}]"
-        if "content" not in over:
-            raise ConfigError(f"{gp}: no content image (set settings.content or a content axis)")
-        method = over.pop("method", DEFAULT_METHOD)
-        content = over.pop("content")
-        region_over = {k: over.pop(k) for k in REGION_KEYS if k in over}
-        option_over = {k: over.pop(k) for k in OPTION_KEYS if k in over}
-        regions = _check_regions(region_over, method, region_methods, origin, content, what)
-        if regions is not None:
-            if "styles" in over:
-                raise ConfigError(f"{origin.get('style', what)}: region method '{method}' takes its styles from "
-                                  f"region_styles, not style ({what})")
-            over["styles"] = list(dict.fromkeys(Path(v) for v in regions["styles"].values() if v != "keep"))
-        if "styles" not in over:
-            raise ConfigError(f"{gp}: no style image (set settings.style or a style axis)")
-        styles = over.pop("styles")
-        try:
-            config = make_config(**over)
-        except ConfigError as exc:
-            raise ConfigError(f"{what}: {exc}") from None
-        _check_layers(config, origin, what)
-        method_opts, ignored = resolve_options(method, option_over, origin, what, content=content, config=config,
-                                               n_styles=len(styles))
-        labels = {k: "-" if k in ignored else v for k, v in labels.items()}  # keys this cell's mode does not use
-        cid = cell_id(method, config, content, styles, regions, method_opts)
-        if cid in seen:
-            continue
-        seen.add(cid)
-        cells.append(Cell(name, len(cells), cid, method, content, list(styles), config, labels, dict(options),
-                          regions, method_options=method_opts))
-    if not cells:
-        raise ConfigError(f"{gp}: no cells left (every combination is excluded)")
-    return Grid(name, spec, cells, axis_names, exp.path)
+
+def _build_cell(name: str, gp: str, combo: list[Choice], base_over: dict[str, Any], layers_from: dict[str, str],
+                axis_names: list[str], options: dict[str, Any], index: int) -> Cell:
+    """One combination as a validated cell: its method, inputs, config, method options and id."""
+    over = dict(base_over)
+    origin = dict(layers_from)
+    for k, _, o, _, w in combo:
+        over.update(o)
+        origin[k] = w
+    labels = {k: lab for k, lab, _, _, _ in combo}
+    labels = {**{k: labels[k] for k in axis_names if k in labels},
+              **{k: v for k, v in labels.items() if k not in axis_names}}
+    what = f"{gp} cell [{', '.join(f'{k}={v}' for k, v in labels.items())}]"
+    if "content" not in over:
+        raise ConfigError(f"{gp}: no content image (set settings.content or a content axis)")
+    method = over.pop("method", DEFAULT_METHOD)
+    content = over.pop("content")
+    region_over = {k: over.pop(k) for k in REGION_KEYS if k in over}
+    option_over = {k: over.pop(k) for k in OPTION_KEYS if k in over}
+    regions = _check_regions(region_over, method, _region_methods(), origin, content, what)
+    if regions is not None:
+        if "styles" in over:
+            raise ConfigError(f"{origin.get('style', what)}: region method '{method}' takes its styles from "
+                              f"region_styles, not style ({what})")
+        over["styles"] = list(dict.fromkeys(Path(v) for v in regions["styles"].values() if v != "keep"))
+    if "styles" not in over:
+        raise ConfigError(f"{gp}: no style image (set settings.style or a style axis)")
+    styles = over.pop("styles")
+    try:
+        config = make_config(**over)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    _check_layers(config, origin, what)
+    method_opts, ignored = resolve_options(method, option_over, origin, what, content=content, config=config,
+                                           n_styles=len(styles))
+    labels = {k: "-" if k in ignored else v for k, v in labels.items()}  # keys this cell's mode does not use
+    cid = cell_id(method, config, content, styles, regions, method_opts)
+    return Cell(name, index, cid, method, content, list(styles), config, labels, dict(options),
+                regions, method_options=method_opts)
+
+
+def _region_methods() -> tuple[str, ...]:
+    """The methods that take regions (`nst.methods`, imported late: it loads the region machinery)."""
+    from .methods import names
+
+    return names("regions")
 
 
 def _check_layers(config: StyleConfig, origin: dict[str, str], what: str) -> None:

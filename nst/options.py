@@ -36,7 +36,6 @@ from .errors import ConfigError
 
 #: Methods whose content is a clip (video file or folder of frames), not an image.
 CLIP_METHODS = ("video",)
-VIDEO_MODES = ("independent", "temporal", "fast")
 
 
 class TrainOptions(BaseModel):

@@ -10,7 +10,7 @@ import pytest
 
 from nst.data import image
 from nst.errors import ConfigError
-from nst.experiments import Cell, load_experiments, load_grid
+from nst.experiments import Cell, expand, load_experiments, load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,18 +50,18 @@ def grid_error(d: Path, text: str) -> str:
 def test_shipped_file_expands_every_grid():
     exp = load_experiments(ROOT / "experiments.yaml")
     assert {"demo", "backbones", "multistyle", "weights", "colour"} <= set(exp.grids)
-    demo = exp.grid("demo")
+    demo = expand(exp, "demo")
     assert len(demo.cells) == 4 and demo.axes == ["content", "style"]
     assert all(c.config.backbone == "vgg19" and c.config.weights is None for c in demo.cells)
-    backbones = exp.grid("backbones")
+    backbones = expand(exp, "backbones")
     assert [c.labels["backbone"] for c in backbones.cells] == ["alexnet", "vgg11", "vgg16", "vgg19"]
     assert len({c.config.steps for c in backbones.cells}) == 1  # same iterations on every network
-    multi = exp.grid("multistyle")
+    multi = expand(exp, "multistyle")
     assert {c.config.multi_style for c in multi.cells} == {"blend", "sequential"}
     assert [c.config.style_weights for c in multi.cells][:3] == [(0.5, 0.5), (0.8, 0.2), (0.2, 0.8)]
-    colour = exp.grid("colour")
+    colour = expand(exp, "colour")
     assert {c.config.preserve_color for c in colour.cells} == {None, "luminance", "histogram"}
-    ratios = [c.config.style_weight / c.config.content_weight for c in exp.grid("weights").cells]
+    ratios = [c.config.style_weight / c.config.content_weight for c in expand(exp, "weights").cells]
     assert ratios == sorted(ratios) and len(set(ratios)) == 5
 
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +19,7 @@ from ..images import load_image, save_image
 from ..runtime import resolve_device
 from .network import TransformNet, load_model
 from .train import IMAGE_SUFFIXES
+
 
 class Stylizer:
     """A loaded model plus the inference settings: call it with ``[N, 3, H, W]`` images in [0, 1]."""
@@ -84,18 +84,3 @@ def stylize_folder(
     for f in progress(files) if progress else files:
         written.append(stylize_file(stylizer, f, out / f"{f.stem}.png", size))
     return written
-
-
-def time_inference(stylizer: Stylizer, size: int = 512, repeats: int = 5, warmup: int = 1) -> float:
-    """Median seconds per ``size x size`` image (what the benchmark prints)."""
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    for _ in range(warmup):
-        stylizer(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        stylizer(x)
-        if stylizer.device.type == "cuda":
-            torch.cuda.synchronize(stylizer.device)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
