@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, unmapped
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -111,7 +110,7 @@ def grid_flow(
             grid, exp_id, out_dir, [c.cell_id for c in g.cells], g.spec.contact_sheet.rows,
             g.spec.contact_sheet.cols, g.spec.summary_by, parent_id,
         )
-        _prefect_table(grid, rep)
+        artifacts.table_artifact(grid, rep)
         artifacts.publish(grid, exp_id, parent_id, rep)  # MLflow table and sheet image, Prefect links
     return {
         "grid": grid, "experiment_id": exp_id, "parent_run_id": parent_id, "cells": len(g.cells),
@@ -249,12 +248,3 @@ def _run_deployments(pending: list[Cell], exp_id: str, parent_id: str, deploymen
         results.append({"cell_id": c.cell_id, "run_id": done.get(c.cell_id), "status": "FINISHED" if ok else "FAILED",
                         "error": None if ok else f"flow run {states[fid].name}: {states[fid].message or ''}"})
     return results
-
-
-def _prefect_table(grid: str, rep: report_mod.Report) -> None:
-    if rep.table.empty:
-        return
-    cols = [c for c in rep.table.columns if c not in ("run_id",)]
-    records = [{k: report_mod._fmt(v) for k, v in row.items()} for row in rep.table[cols].to_dict("records")]
-    key = "grid-" + "".join(ch if ch.isalnum() else "-" for ch in grid.lower())
-    create_table_artifact(records, key=key, description=f"nst grid {grid}: one row per cell")

@@ -32,7 +32,7 @@ def report_flow(grid: str, experiments: str | None = None, reports_dir: str | No
     rep = report_mod.build_report(grid, exp_id, out, cell_ids, rows, cols, summary_by)
     if rep.table.empty:
         raise ConfigError(f"grid '{grid}': no cell runs in experiment {exp_id}")
-    from flows.grid import _prefect_table
+    from flows.artifacts import table_artifact
 
-    _prefect_table(grid, rep)
+    table_artifact(grid, rep)
     return {"grid": grid, "cells": len(rep.table), "report": {k: str(v) for k, v in rep.files.items()}}

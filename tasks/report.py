@@ -92,7 +92,7 @@ def cell_table(exp_id: str, cell_ids: list[str] | None = None) -> tuple[pd.DataF
     return df[[c for c in order if c in df.columns]], axes
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
@@ -104,7 +104,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]).replace("|", "\\|").replace("\n", " ") for c in cols) + " |")
+        lines.append("| " + " | ".join(format_value(r[c]).replace("|", "\\|").replace("\n", " ") for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -114,7 +114,7 @@ def to_html(df: pd.DataFrame, grid: str, thumbs: dict[str, str], extra: str = ""
     for _, r in df.iterrows():
         src = thumbs.get(r["cell_id"])
         img = f'<a href="{src}"><img src="{src}" width="{THUMB}"></a>' if src else ""
-        cells = "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in df.columns)
+        cells = "".join(f"<td>{html.escape(format_value(r[c]))}</td>" for c in df.columns)
         body.append(f"<tr><td>{img}</td>{cells}</tr>")
     return (
         f"<!doctype html><meta charset='utf-8'><title>nst grid {html.escape(grid)}</title>"
