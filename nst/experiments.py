@@ -157,6 +157,8 @@ class Cell:
     regions: Optional[dict[str, Any]] = None
     #: Methods with options of their own (`nst.options`: fast, video): the options this cell uses.
     method_options: Optional[dict[str, Any]] = None
+    #: The engine settings (and ``method``) whose value differs between the grid's cells (`varied_settings`).
+    varied: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -176,6 +178,7 @@ class Cell:
             "options": dict(self.options),
             "regions": self.regions,
             "method_options": self.method_options,
+            "varied": list(self.varied),
         }
 
     @classmethod
@@ -192,6 +195,7 @@ class Cell:
             options=dict(d.get("options", {})),
             regions=d.get("regions"),
             method_options=d.get("method_options"),
+            varied=tuple(d.get("varied", ())),
         )
 
 
@@ -663,7 +667,20 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
         cells.append(cell)
     if not cells:
         raise ConfigError(f"{gp}: no cells left (every combination is excluded)")
+    varied = varied_settings(cells)
+    for c in cells:
+        c.varied = varied
     return Grid(name, spec, cells, axis_names, exp.path)
+
+
+def varied_settings(cells: list[Cell]) -> tuple[str, ...]:
+    """The engine settings (and ``method``) whose resolved value is not the same in all `cells`.
+
+    What tells a grid's cells apart (its axes, include entries and repeats, as settings): nst logs
+    these as MLflow params, not the whole configuration (see `tasks.cell.cell_params`)."""
+    dumps = [{"method": c.method, **c.config.model_dump(mode="json", exclude={"device"})} for c in cells]
+    return tuple(k for k in dumps[0]
+                 if len({json.dumps(d.get(k), sort_keys=True, default=str) for d in dumps}) > 1)
 
 
 def _fixed_settings(exp: Experiments, spec: GridSpec, gp: str, base: Path, methods: tuple[str, ...] | None,

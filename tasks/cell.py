@@ -240,10 +240,23 @@ def cell_tags(cell: Cell) -> dict[str, str]:
     }
 
 
+#: Engine settings logged as MLflow params by every cell, whether or not its grid varies them.
+HEADLINE_PARAMS = ("size", "steps")
+
+
 def cell_params(cell: Cell) -> dict[str, Any]:
+    """A cell's MLflow params: its content and styles, size and steps, the settings its grid varies
+    (`Cell.varied`), its regions and method options.
+
+    Not every setting: MLflow 3.17's image charts print all of a run's params above its image, so 35
+    of them pushed a second cell's image out of sight.  The whole configuration is the run's
+    ``cell.json`` artifact."""
     cfg = cell.config.model_dump(mode="json", exclude={"device"})
-    params = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cfg.items()}
-    params.update(method=cell.method, content=cell.content.name, styles=",".join(s.name for s in cell.styles))
+    keep = {*HEADLINE_PARAMS, *cell.varied}
+    params: dict[str, Any] = {"content": cell.content.name, "styles": ",".join(s.name for s in cell.styles)}
+    if "method" in cell.varied:
+        params["method"] = cell.method
+    params.update({k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cfg.items() if k in keep})
     if cell.regions:
         r = cell.regions
         params.update(regions=Path(r["spec"]).name if Path(r["spec"]).is_absolute() else r["spec"],

@@ -178,6 +178,8 @@ def test_expansion_include_exclude_repeats_presets(imgs):
     assert {c.config.size for c in g.cells} == {32} and {c.config.steps for c in g.cells} == {3}  # preset > defaults
     assert all(c.content.is_absolute() for c in g.cells)  # paths relative to the YAML file
     assert len({c.cell_id for c in g.cells}) == 16
+    # what tells the cells apart (logged as MLflow params): the axes' and repeats' settings, not size or steps
+    assert all(c.varied == ("backbone", "weights", "seed") for c in g.cells)
     # a cell survives the JSON round trip used for deployment parameters
     c = g.cells[3]
     assert Cell.from_dict(c.to_dict()).to_dict() == c.to_dict()

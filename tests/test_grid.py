@@ -126,6 +126,8 @@ def test_tiny_grid_tracks_reports_and_resumes(home: Path, prefect_server, capsys
     for m in ("eval_content_distance", "eval_style_distance", "eval_ssim", "wall_s", "s_per_step", "peak_rss_mb"):
         assert m in ok.data.metrics, m
     assert ok.data.params["size"] == "32" and ok.data.params["steps"] == "4"
+    # a few params (MLflow's image charts print them all above each image); the whole config is cell.json
+    assert set(ok.data.params) == {"content", "styles", "size", "steps"}
     arts = {a.path for a in client.list_artifacts(ok.info.run_id)}
     assert {"output.png", "loss_curve.png", "cell.json", "intermediate"} <= arts
     assert [a.path for a in client.list_artifacts(ok.info.run_id, "intermediate")] == ["intermediate/step_00002.png"]
