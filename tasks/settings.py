@@ -9,7 +9,8 @@ keeps everything under ``$NST_HOME`` (default ``~/.nst``):
   with a tracking *server* the server's artifact store is used)
 * Prefect         ephemeral local server in the CLI process (``PREFECT_API_URL`` overrides)
 
-Telemetry of both tools is switched off (the machines here are offline).
+Telemetry of both tools is switched off (the machines here are offline), and so are MLflow's
+per-run "View run ... at" lines on stdout.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ OFFLINE_ENV = {
     # the first start of the ephemeral server migrates its database: slow on a busy 2-core laptop
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # MlflowClient.set_terminated prints "🏃 View run ... at: http://..." for every run ended on a tracking
+    # server (mlflow.tracking._tracking_service.client._log_url): one pair of lines per cell on stdout
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 

@@ -10,7 +10,9 @@ the table and the links artifacts.  Then `nst server start|status|stop` for real
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,33 @@ def test_server_start_status_stop(tmp_path, monkeypatch, capsys):
     assert not server.healthy(st.url, timeout=1) and server.read_state() is None
     assert main(["server", "status"]) == 3 and "not running" in capsys.readouterr().out
     assert server.use_if_running() is None
+
+
+def test_runs_ended_on_a_tracking_server_print_no_links(tmp_path, monkeypatch, capsys):
+    """MLflow prints "🏃 View run ... at: URL" on stdout whenever a run on a tracking server ends (two lines
+    per cell of a grid); nst's settings switch that off.  The run still ends FINISHED with what it logged."""
+    from services import free_port, start_process, stop_processes, wait_http
+    from tasks import tracking
+
+    port, procs = free_port(), []
+    uri = f"http://127.0.0.1:{port}"
+    start_process("mlflow", [sys.executable, "-m", "mlflow", "server",
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                             "--artifacts-destination", (tmp_path / "artifacts").as_uri(),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"],
+                  {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}, tmp_path / "logs", procs)
+    try:
+        wait_http(f"{uri}/health", procs, 180)
+        monkeypatch.setenv("NST_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+        exp = tracking.experiment_id("links")
+        with tracking.tracked_run(exp, "000 a cell", {"cell_id": "c0"}) as run_id:
+            tracking.log_batch(run_id, metrics={"m": 1.0}, params={"size": 32})
+        run = tracking.client().get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics["m"] == 1.0 and run.data.params["size"] == "32"
+        out = capsys.readouterr().out
+        assert "View run" not in out and "View experiment" not in out and uri not in out, out
+    finally:
+        stop_processes(procs)
