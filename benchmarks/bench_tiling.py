@@ -84,10 +84,11 @@ def compare(args) -> dict:
 
     torch.set_num_threads(args.threads)
     base = dict(size=args.size, steps=args.steps, scales=((0.25, args.coarse_steps), (0.5, args.coarse_steps)),
-                device="cpu", precision="fp32")
+                device="cpu", precision=args.precision)
     content = load_image(image("tubingen.jpg"), size=args.size)
     style = load_image(image("starry_night.jpg"), size=args.size)
-    out = {"size": args.size, "steps": args.steps, "coarse_steps": args.coarse_steps, "budget": args.budget}
+    out = {"size": args.size, "steps": args.steps, "coarse_steps": args.coarse_steps, "budget": args.budget,
+           "precision": args.precision}
     results = {}
     for name, extra in (("untiled", {}), ("tiled", {"max_memory": args.budget})):
         cfg = StyleConfig(**base, **extra)
@@ -158,6 +159,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="full-size steps")
     ap.add_argument("--coarse-steps", type=int, default=10, help="--compare: steps at 0.25 and 0.5 of the size")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="fp32", help="--compare: fp32 (default), bf16, auto")
     ap.add_argument("--save", help="--compare: folder for the two images")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--assets", metavar="IMAGE", help="write a 1024 px copy and a 1:1 crop of IMAGE to docs/images")
