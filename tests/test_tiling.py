@@ -19,10 +19,10 @@ from nst.features import FeatureExtractor, TargetCache
 from nst.losses import StyleLoss, gram_matrix, normalised_layer_weights
 from nst.optimize import _build_loss, _prepare_stage
 
-# fp32 explicitly: these tests assert tiled == untiled to float-order precision, and `auto` is bf16 on
-# CPUs with native bf16 (AMX, AVX512-BF16), where the estimate (and so whether a scale tiles) changes too
 pytestmark = pytest.mark.numeric  # tiled == untiled to float-order precision
 
+# fp32 explicitly: these tests assert tiled == untiled to float-order precision, and `auto` is bf16 on
+# CPUs with native bf16 (AMX, AVX512-BF16), where the estimate (and so whether a scale tiles) changes too
 SHALLOW = dict(content_layers=("relu3_1",), style_layers=("relu1_1", "relu2_1", "relu3_1"), device="cpu",
                scales=None, precision="fp32")
 
