@@ -19,7 +19,8 @@ loopback port), ``nst grid run experiments.yaml --grid demo`` (``--quick``: the 
 Also checked and printed (no screenshot kept): where the experiment opens without the
 ``workflowType`` URL parameter, i.e. whether the ``mlflow.experimentKind`` tag alone selects the view.
 Each page is waited for by polling its text (deadline, no fixed sleeps) and the screenshot is taken
-once its images have loaded.  Everything started is stopped at the end.
+once its images have loaded.  Everything started is stopped at the end (the test suite's
+``tests/services.py`` helpers: free ports, waiting on a URL, process groups).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,30 +39,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from services import free_port, start_process, stop_processes, wait_http  # noqa: E402
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--mute-audio"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 # --------------------------------------------------------------------------- a tiny CDP client
@@ -324,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({k: env[k] for k in ("NST_HOME", "MLFLOW_TRACKING_URI")})
     nst = [sys.executable, "-m", "nst.cli"]
     procs: list[subprocess.Popen] = []
+    logs = tmp / "logs"
     try:
         prefect_port, mlflow_port, debug_port = free_port(), free_port(), free_port()
         from flows import server
@@ -340,33 +323,24 @@ def main(argv: list[str] | None = None) -> int:
         info = grid_info(home, st.api_url)
         print(f"experiment {info['experiment_id']} tags {info['experiment_tags']}; "
               f"{len(info['cells'])} finished cells; flow run {info['flow_run_name']}")
-        log = open(tmp / "mlflow-ui.log", "wb")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", env["MLFLOW_TRACKING_URI"],
-             "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        wait_http(f"http://127.0.0.1:{mlflow_port}/health", 180, procs[-1])
+        start_process("mlflow-ui", [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                                    env["MLFLOW_TRACKING_URI"], "--host", "127.0.0.1", "--port", str(mlflow_port),
+                                    "--workers", "1"], env, logs, procs)
+        wait_http(f"http://127.0.0.1:{mlflow_port}/health", procs[-1:], 180)
         profile = tmp / "chromium-profile"
-        procs.append(subprocess.Popen(
-            [args.chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={debug_port}",
-             "--remote-allow-origins=*", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp / "chromium.log", "wb"), start_new_session=True))
-        wait_http(f"http://127.0.0.1:{debug_port}/json/version", 60, procs[-1])
+        start_process("chromium", [args.chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                                   f"--remote-debugging-port={debug_port}", "--remote-allow-origins=*", "about:blank"],
+                      env, logs, procs)
+        wait_http(f"http://127.0.0.1:{debug_port}/json/version", procs[-1:], 60)
         found = asyncio.run(tour(debug_port, f"http://127.0.0.1:{mlflow_port}", st.url, info, out))
         print(json.dumps(found, indent=1))
         return 0
     finally:
-        for p in reversed(procs):
-            try:
-                os.killpg(p.pid, 15)
-                p.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(p.pid, 9)
+        stop_processes(procs[::-1])
         if not args.home:
             subprocess.run([*nst, "server", "stop"], env=env)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())
