@@ -12,7 +12,7 @@ loopback port), ``nst grid run experiments.yaml --grid demo`` (``--quick``: the 
 * ``browse_run_images.png``   that cell's ``evolution`` image chart: the output at the last step, the
   step slider over the steps it was logged at (full screen);
 * ``browse_compare.png``      the chart view of two cells (one content, two styles): their ``output``
-  image chart next to the parent's contact sheet;
+  image chart full screen, the two outputs side by side under their run names;
 * ``browse_prefect.png``      the grid's Prefect flow run (its task runs) after the grid has ended;
 * ``browse_prefect_artifact.png`` the Prefect table artifact.
 
@@ -170,13 +170,17 @@ async def tour(debug_port: int, mlflow_base: str, prefect_base: str, info: dict,
     found["evolution_steps"] = await open_chart(page, "evolution", last_step=True)
     await page.shot(out / "browse_run_images.png")
 
-    # 3. two cells compared: the chart view of the cells with one content, their outputs side by side
-    # (MLflow 3.17's image charts list each run's params above its image: the contact sheet shows them all)
+    # 3. two cells compared: the chart view of the cells with one content, their `output` image chart full
+    # screen (a card is a third of the page wide: one run per row in it; full screen, side by side)
     await chart_view(page, mlflow_base, exp_id, "tags.axis.content = 'tubingen'", cells[0]["name"], "output")
-    await page.js("(() => { const b = Array.from(document.querySelectorAll('button'))"
-                  ".find(b => b.getAttribute('aria-label') === 'Close'); if (b) b.click(); })()")
+    await open_chart(page, "output")
+    await page.wait("document.querySelectorAll('[role=dialog] img').length >= 2", 60, "two output images")
     await page.settle()
-    found["compared"] = await page.js("document.body.innerText.split('\\n').filter(l => /^00\\d /.test(l))")
+    found["compared"] = await page.js("Array.from(document.querySelector('[role=dialog]').innerText.split('\\n'))"
+                                      ".filter(l => /^00\\d /.test(l))")
+    found["compared_image_rows"] = await page.js(
+        "Array.from(new Set(Array.from(document.querySelectorAll('[role=dialog] img'))"
+        ".map(i => Math.round(i.getBoundingClientRect().top)))).length")
     await page.shot(out / "browse_compare.png")
 
     # 4. the Prefect flow run of the grid (its task runs), and its table artifact
@@ -241,8 +245,6 @@ async def open_chart(page: Page, key: str, last_step: bool = False) -> list | No
         await page.js(f"document.querySelector('{sel}').blur()")
     await page.wait("Array.from(document.querySelectorAll('[role=dialog] img'))"
                     ".some(i => i.complete && i.naturalWidth > 0)", 60, f"the {key} images")
-    # the dialog stacks a tall tile per run with the image low in it: bring the first image into view
-    await page.js("document.querySelector('[role=dialog] img').scrollIntoView({block: 'center'})")
     await page.settle()
     return steps
 
