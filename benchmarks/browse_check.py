@@ -182,6 +182,8 @@ async def tour(debug_port: int, mlflow_base: str, prefect_base: str, info: dict,
         "Array.from(new Set(Array.from(document.querySelectorAll('[role=dialog] img'))"
         ".map(i => Math.round(i.getBoundingClientRect().top)))).length")
     await page.shot(out / "browse_compare.png")
+    if len(found["compared"]) < 2 or found["compared_image_rows"] != 1:
+        raise AssertionError(f"the two cells' outputs are not side by side: {found}")
 
     # 4. the Prefect flow run of the grid (its task runs), and its table artifact
     await page.goto(f"{prefect_base}/runs/flow-run/{info['flow_run_id']}")
