@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.grid import grid_flow
-    from tasks.cell import default_devices
+    from tasks.devices import default_devices
 
     devices = args.devices or default_devices(args.workers)
     if args.workers and args.devices:
@@ -218,10 +218,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError(f"grid '{args.grid}': no MLflow experiment '{tracking.experiment_name(args.grid)}' at "
                           f"{settings.tracking_uri()} (run `nst grid run` first)")
     if args.file:
+        from nst import methods
         from nst.experiments import load_grid
-        from tasks.cell import METHODS
 
-        load_grid(args.file, args.grid, METHODS)
+        load_grid(args.file, args.grid, methods.names())
     from flows.report import report_flow
 
     _quiet_run_failures(args)
@@ -248,7 +248,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"{name}: {spec.title} [grids {', '.join(spec.grids)}] {state}")
         return 0
     from flows.reproduce import reproduce_flow
-    from tasks.cell import default_devices
+    from tasks.devices import default_devices
 
     _quiet_run_failures(args)
     out = reproduce_flow(str(Path(args.file).resolve()), None if args.all else args.figure, args.quick,

@@ -26,12 +26,16 @@ from prefect import flow, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import artifacts
+from nst import methods
 from nst.errors import ConfigError
 from nst.experiments import Cell, Grid, load_grid
-from flows import artifacts
 from tasks import report as report_mod
 from tasks import settings, tracking
-from tasks.cell import CANCEL, METHODS, batch_group, configure_devices, default_devices, stylize_cell, stylize_cells
+from tasks.cancel import CANCEL
+from tasks.cell import batch_group, run_cell
+from tasks.devices import configure_devices, default_devices
+from tasks.prefect_tasks import stylize_cell, stylize_cells
 
 CELL_DEPLOYMENT = "nst-cell/nst-cell"
 
@@ -42,7 +46,7 @@ def plan(experiments: str | Path, grid: str, overrides: dict[str, Any] | None = 
 
     `overrides` are settings laid over the grid's own (a report figure's quick/full variant).
     """
-    g = load_grid(experiments, grid, METHODS, overrides, overrides_at)
+    g = load_grid(experiments, grid, methods.names(), overrides, overrides_at)
     exp_id = tracking.experiment_id(grid, create=False)
     done = tracking.finished_cells(exp_id) if exp_id else {}
     return g, exp_id, done
@@ -192,8 +196,6 @@ def _settle_claimed(results: list[dict], pending: list[Cell], exp_id: str, paren
     died or failed is claimed and run here, so the grid ends with every cell attempted once more
     at most and never run twice.
     """
-    from tasks.cell import run_cell
-
     by_id = {c.cell_id: c for c in pending}
     waiting = {i: r["cell_id"] for i, r in enumerate(results) if r["status"] == "CLAIMED"}
     while waiting:

@@ -22,10 +22,10 @@ def report_flow(grid: str, experiments: str | None = None, reports_dir: str | No
     rows = cols = summary_by = None
     cell_ids = None
     if experiments:
+        from nst import methods
         from nst.experiments import load_grid
-        from tasks.cell import METHODS
 
-        g = load_grid(experiments, grid, METHODS)
+        g = load_grid(experiments, grid, methods.names())
         cell_ids = [c.cell_id for c in g.cells]
         rows, cols, summary_by = g.spec.contact_sheet.rows, g.spec.contact_sheet.cols, g.spec.summary_by
     out = Path(reports_dir or settings.reports_dir()) / grid

@@ -16,12 +16,12 @@ from typing import Any
 
 from prefect import flow
 
+from nst import methods
 from nst.errors import ConfigError
 from nst.experiments import figure_grids, load_experiments
 from tasks import figures as figures_mod
 from tasks import report as report_mod
 from tasks import settings
-from tasks.cell import METHODS
 
 from .grid import grid_flow
 
@@ -32,7 +32,7 @@ def availability(experiments: str | Path, quick: bool) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in exp.figures:
         try:
-            figure_grids(exp, name, quick, METHODS)
+            figure_grids(exp, name, quick, methods.names())
             out[name] = None
         except ConfigError as exc:
             if "unknown method" not in str(exc):
@@ -88,7 +88,7 @@ def reproduce_flow(
         spec = exp.figures[name]
         print(f"figure {name} ({variant}): grids {', '.join(spec.grids)}")
         runs = []
-        for g in figure_grids(exp, name, quick, METHODS):
+        for g in figure_grids(exp, name, quick, methods.names()):
             out = run_grid(str(exp.path), g.name, devices=devices, progress=progress,
                             reports_dir=str(figures_dir / name), overrides=getattr(spec, variant) or None,
                             overrides_at=f"figures.{name}.{variant}")

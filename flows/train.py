@@ -11,8 +11,9 @@ from prefect import flow, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from tasks import settings, tracking
-from tasks.cell import configure_devices, default_devices
-from tasks.train import train_id, train_task
+from tasks.devices import configure_devices, default_devices
+from tasks.prefect_tasks import train_task
+from tasks.train import train_id
 
 
 @flow(name="train", log_prints=True)

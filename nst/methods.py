@@ -120,9 +120,11 @@ def photoreal_two_stage(inputs: MethodInputs, *, callback: Callable[[StepInfo], 
                                              log_every=log_every, image_every=image_every, cache=cache))
 
 
-def photoreal_metrics(res: MethodResult, inputs: MethodInputs, evaluator: Evaluator) -> dict[str, float]:
-    """The regulariser's value of the output (``photoreal_energy``), for runs that use it."""
-    if not inputs.config.photoreal_weight:
+def photoreal_metrics(res: MethodResult, inputs: MethodInputs, evaluator: Evaluator, *,
+                      always: bool = False) -> dict[str, float]:
+    """The regulariser's value of the output (``photoreal_energy``), for runs that use it (`always`: for
+    the others too, e.g. the unregularised baseline of a comparison)."""
+    if not (always or inputs.config.photoreal_weight):
         return {}
     from .photoreal import photoreal_energy
 

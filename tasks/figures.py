@@ -28,11 +28,11 @@ from nst.experiments import Experiments, FigureSpec, Grid
 from nst.images import atomic_write, save_image
 
 from . import tracking
+from .plots import CURVE_COLORS, plot_curves
 from .report import Report, summary, to_markdown
 
 #: Table columns shown when a figure does not choose (those present, in this order, after the axes).
 DEFAULT_COLUMNS = ("eval_content_distance", "eval_style_distance", "eval_ssim", "s_per_step", "wall_s")
-CURVE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
 @dataclass
@@ -82,34 +82,16 @@ def table_md(df: pd.DataFrame, axes: list[str], columns: list[str] | None) -> tu
 
 def loss_curves(runs: list[tuple[str, str]], terms: list[str], path: Path, title: str) -> Path | None:
     """One subplot per loss term, one line per run (label, run id), from the logged per-step metrics."""
-    from matplotlib.figure import Figure
-
     c = tracking.client()
     data: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
     for label, run_id in runs:
         for t in terms:
             hist = sorted(c.get_metric_history(run_id, f"loss_{t}"), key=lambda m: m.step)
             if hist:
-                data.setdefault(t, {})[label] = ([m.step for m in hist], [m.value for m in hist])
+                data.setdefault(f"{t} loss", {})[label] = ([m.step for m in hist], [m.value for m in hist])
     if not data:
         return None
-    fig = Figure(figsize=(4.2 * len(data), 3.4), dpi=110)
-    for k, (t, lines) in enumerate(data.items()):
-        ax = fig.add_subplot(1, len(data), k + 1)
-        for j, (label, (xs, ys)) in enumerate(lines.items()):
-            ax.plot(xs, ys, label=label, color=CURVE_COLORS[j % len(CURVE_COLORS)], lw=1.4)
-        if all(y > 0 for _, ys in lines.values() for y in ys):
-            ax.set_yscale("log")
-        ax.set_title(f"{t} loss", fontsize=10)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-        if k == 0:
-            ax.set_ylabel("weighted loss")
-        if len(lines) > 1 and k == len(data) - 1:
-            ax.legend(fontsize=7)
-    fig.suptitle(title[:100], fontsize=10)
-    fig.tight_layout()
-    return _save_figure(fig, path)
+    return plot_curves(data, path, title, xlabel="iteration", ylabel="weighted loss")
 
 
 def bar_chart(df: pd.DataFrame, axes: list[str], metrics: list[str], path: Path, title: str) -> Path | None:

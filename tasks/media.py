@@ -1,36 +1,42 @@
-"""Grid methods `fast` (a feed-forward network trained in the cell) and `video` (a clip, frame by frame).
+"""Grid cells of methods `fast` (a feed-forward network trained in the cell) and `video` (a clip).
 
-Thin adapters, registered in `tasks.cell.METHODS` when `tasks.cell` is imported:
+Thin adapters over `nst.methods.fast` / `nst.methods.video`; what they add is what only a tracked
+cell has:
 
 * the options are `nst.options` models (validated when the grid was expanded);
-* training is `nst.fast.train` recorded by `tasks.train.train_logged` into the cell's own run
-  (per-step losses and images/s, the content image's evolution, timings, the model file);
-* stylisation is `nst.fast.infer.Stylizer` / `nst.video.FrameStylizer`; the warping error is
-  `nst.video`'s.
+* the network is trained by `tasks.train.train_logged` into the cell's own run (per-step losses
+  and images/s, the content image's evolution, timings, the model file) and handed to the method
+  as its `model`, or read from ``model``;
+* a video cell's stylised frames become ``output.mp4`` in its run.
 
-`tasks.cell.run_cell` then logs what every cell logs (wall time, evaluator scores of `output.png`
-against the content, or for a clip its last frame against the last input frame).
+`tasks.cell.run_cell` then logs what every cell logs (wall time, the method's metrics and images,
+evaluator scores of `output.png` against the content, or for a clip its last frame against the
+last input frame).
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from nst import methods
 from nst.errors import ImageError
 from nst.experiments import Cell
 from nst.fast.train import TrainStep
 from nst.images import load_image
-from nst.optimize import StepInfo, StyleResult, style_size
+from nst.methods import MethodInputs, MethodResult
+from nst.optimize import StepInfo, style_size
 from nst.options import FastOptions, TrainOptions, VideoOptions
 
 from . import tracking
-from .cell import CellInputs, load_inputs, register_method
+from .inputs import CellInputs, load_inputs
+
+Callback = Callable[[StepInfo], None]
 
 
-def _network(cell: Cell, opts: TrainOptions, inputs: CellInputs, device: str, callback: Callable[[StepInfo], None],
+def _network(cell: Cell, opts: TrainOptions, inputs: CellInputs, device: str, callback: Callback,
              tmp: Path, val_image: str | None) -> tuple[Any, dict[str, Any]]:
     """The cell's network as a Stylizer: trained here and recorded in the cell's run, or `opts.model`."""
     if opts.model:
@@ -55,29 +61,28 @@ def _network(cell: Cell, opts: TrainOptions, inputs: CellInputs, device: str, ca
 # --------------------------------------------------------------------------- fast
 
 
-def _fast_inputs(cell: Cell) -> CellInputs:
+def fast_inputs(cell: Cell) -> CellInputs:
     inputs = load_inputs(cell)
     opts = FastOptions.model_validate(cell.method_options or {})
     inputs.steps = 0 if opts.model else opts.train_steps
     return inputs
 
 
-@register_method("fast", inputs=_fast_inputs)
-def _fast(cell: Cell, inputs: CellInputs, device: str, callback, image_every: int) -> StyleResult:
+def run_fast(cell: Cell, mi: MethodInputs, inputs: CellInputs, callback: Callback, image_every: int) -> MethodResult:
     """Johnson et al.: train a transformation network on the training images (evolution = the content
-    image every `val_every` steps), then stylise the content image with one forward pass."""
+    image every `val_every` steps), then `nst.methods.fast` stylises the content image with it."""
     opts = FastOptions.model_validate(cell.method_options or {})
     with tempfile.TemporaryDirectory(prefix="nst-fast-") as tmp:
-        net, info = _network(cell, opts, inputs, device, callback, Path(tmp), str(cell.content))
-    t = time.perf_counter()
-    image = net(inputs.content)
-    return StyleResult(image, [], {"stylize_s": time.perf_counter() - t}, info, cell.config)
+        net, info = _network(cell, opts, inputs, mi.config.device, callback, Path(tmp), str(cell.content))
+    res = methods.get("fast").run(replace(mi, model=net))
+    res.info.update(info)
+    return res
 
 
 # --------------------------------------------------------------------------- video
 
 
-def _video_inputs(cell: Cell) -> CellInputs:
+def video_inputs(cell: Cell) -> CellInputs:
     """The clip's first `frames` frames at the cell's size; content = the last one (what the evaluator scores)."""
     from nst.video import read_frames
 
@@ -90,51 +95,49 @@ def _video_inputs(cell: Cell) -> CellInputs:
     return CellInputs(frames[-1], styles, frames=frames, steps=training + len(frames))
 
 
-@register_method("video", inputs=_video_inputs)
-def _video(cell: Cell, inputs: CellInputs, device: str, callback, image_every: int) -> StyleResult:
-    """Every frame of the clip stylised (independently, Ruder et al.'s temporal way, or by a network),
-    the temporal warping error measured on DIS/RAFT flow of the input frames; logs `output.mp4`,
-    `strip.png` and the metrics warping_error, frames, frames_per_s."""
-    from nst.video import FrameStylizer, film_strip, frame_files, make_flow, probe, stylize_frames, write_video
+def run_video(cell: Cell, mi: MethodInputs, inputs: CellInputs, callback: Callback, image_every: int) -> MethodResult:
+    """Every frame of the clip stylised by `nst.methods.video` (independently, Ruder et al.'s temporal
+    way, or by a network trained here); its film strip and warping error (metrics warping_error,
+    frames, frames_per_s) are the method's, ``output.mp4`` is logged here."""
+    from nst.video import frame_files, probe, write_video
 
     opts = VideoOptions.model_validate(cell.method_options or {})
-    flow = make_flow(opts.flow, device=device)
-    info: dict[str, Any] = {"mode": opts.mode}
+    device = mi.config.device
     with tempfile.TemporaryDirectory(prefix="nst-video-") as tmp:
+        info: dict[str, Any] = {}
         done = 0
         if opts.mode == "fast":
             val = str(frame_files(cell.content)[0]) if cell.content.is_dir() else None
-            net, info_net = _network(cell, opts, inputs, device, callback, Path(tmp), val)
-            info.update(info_net)
+            net, info = _network(cell, opts, inputs, device, callback, Path(tmp), val)
             done = 0 if opts.model else opts.train_steps
-            fs = FrameStylizer("fast", model=net, flow=flow)
-        else:
-            fs = FrameStylizer("optim", styles=inputs.styles, config=cell.config.replace(device=device),
-                               temporal=opts.mode == "temporal", temporal_weight=opts.temporal_weight,
-                               frame_steps=opts.frame_steps, flow=flow)
-        outputs: list = []
-        t0 = time.perf_counter()
+            mi = replace(mi, model=net)
 
-        def sink(out) -> None:
-            outputs.append(out)
-            callback(StepInfo(done + len(outputs), inputs.steps, 0, {}, time.perf_counter() - t0))
+        def on_frame(step: StepInfo) -> None:  # frames count after the training steps
+            callback(replace(step, step=done + step.step, total_steps=inputs.steps))
 
-        vres = stylize_frames(inputs.frames, fs, sink=sink)
+        res = methods.get("video").run(replace(mi, frames=inputs.frames, video=opts), callback=on_frame)
         fps = probe(cell.content, opts.fps).fps
         mp4 = Path(tmp) / "output.mp4"
-        write_video(mp4, outputs, fps)
+        write_video(mp4, res.outputs, fps)
         tracking.client().log_artifact(inputs.run_id, str(mp4))
-    tracking.log_batch(inputs.run_id, metrics={"warping_error": vres.warp_error, "frames": float(vres.frames),
-                                               "frames_per_s": vres.fps_processed})
-    info.update(vres.info, fps=float(fps), frame_warping_errors=vres.frame_errors)
-    if opts.mode != "fast":  # what the per-frame optimisations ran on (cached: built once per process)
-        import torch
+    res.info.update(info, fps=float(fps))
+    if opts.mode != "fast":
+        res.info.update(_optimiser_info(cell, device))
+    return res
 
-        from nst.backbones import get_backbone
-        from nst.runtime import resolve_precision
 
-        cfg = cell.config
-        info["weights_source"] = get_backbone(cfg.backbone, cfg.pooling, cfg.weights, device).weights_source
-        info["precision"] = resolve_precision(cfg.precision, torch.device(device))
-    info["cell_images"] = {"strip.png": film_strip(inputs.frames, outputs)}
-    return StyleResult(outputs[-1], [], {"video_s": vres.seconds}, info, cell.config)
+def _optimiser_info(cell: Cell, device: str) -> dict[str, str]:
+    """What the per-frame optimisations ran on (cached: built once per process)."""
+    import torch
+
+    from nst.backbones import get_backbone
+    from nst.runtime import resolve_precision
+
+    cfg = cell.config
+    return {"weights_source": get_backbone(cfg.backbone, cfg.pooling, cfg.weights, device).weights_source,
+            "precision": resolve_precision(cfg.precision, torch.device(device))}
+
+
+#: How the cells of these methods read their inputs and run (the others: `load_inputs`, the method itself).
+INPUTS = {"fast": fast_inputs, "video": video_inputs}
+RUNS = {"fast": run_fast, "video": run_video}

@@ -24,6 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from nst import provenance
 
 from . import mlflow_views, settings
+from .cancel import CellCancelled
 
 EXPERIMENT_PREFIX = "nst-grid/"
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -72,10 +73,11 @@ _PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errn
 def is_transient(exc: BaseException) -> bool:
     """Errors worth a retry: the tracking store busy or unreachable for a moment (not bad input).
 
-    The one rule for every caller (cell retries in Prefect, claims, logging)."""
+    The one rule for every caller (cell and training retries in Prefect: `retry_transient`, claims,
+    logging)."""
     from nst.errors import NSTError
 
-    if isinstance(exc, (NSTError, KeyboardInterrupt)) or type(exc).__name__ in ("CellCancelled", "ClaimLost"):
+    if isinstance(exc, (NSTError, KeyboardInterrupt, CellCancelled, ClaimLost)):
         return False
     if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
         return False
@@ -83,6 +85,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or any(
         s in text for s in ("database is locked", "connection", "timed out", "temporarily", "max retries",
                             "502", "503", "504", "unavailable", "out of memory"))
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect's ``retry_condition_fn`` of every nst task: retry only what `is_transient` calls transient."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
 
 
 def retrying(fn, *args, attempts: int = 6, **kwargs):
@@ -300,7 +311,7 @@ def tracked_run(
             yield run_id
         status = RunStatus.to_string(RunStatus.FINISHED)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "CellCancelled":
+        if isinstance(exc, (KeyboardInterrupt, CellCancelled)):
             status = RunStatus.to_string(RunStatus.KILLED)
         try:
             c.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:MAX_TAG])

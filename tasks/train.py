@@ -1,6 +1,6 @@
 """Train one feed-forward network and record it in MLflow: a thin adapter over `nst.fast.train`.
 
-`train_one` is plain Python; `train_task` is the Prefect task around it.  The
+`train_one` is plain Python; `tasks.prefect_tasks.train_task` is the Prefect task around it.  The
 run logs per-step losses (batched `log_batch`), the fixed validation image at
 every validation step (the "evolution over epochs" figure, as PNGs and one
 sheet), the final model (our model file with style, config and weights, plus
@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import task
 
 from nst.errors import NSTError
 from nst.fast.train import TrainResult, TrainStep, make_train_config, train
 from nst.images import save_image
 
 from . import mlflow_views, tracking
-from .cell import _loss_curve, device_pool
+from .devices import device_pool
+from .plots import loss_curve
 
 FLUSH_EVERY = 50
 
@@ -116,7 +116,7 @@ def train_logged(config, run_id: str, tmp: Path, progress: bool = True, *, on_st
     if frames:
         save_image(torch.cat([f for _, f in frames], dim=-2), art / "evolution.png")
     if res.history:
-        _loss_curve(res.history, art / "loss_curve.png", f"train {Path(config.out or 'model').stem}")
+        loss_curve(res.history, art / "loss_curve.png", f"train {Path(config.out or 'model').stem}")
     model_dir = art / "model"
     model_dir.mkdir(parents=True)
     if res.model_path is not None:
@@ -139,16 +139,3 @@ def _log_mlflow_model(net, run_id: str, path: Path) -> None:
                               code_paths=[str(Path(__file__).resolve().parents[1] / "nst")])
     tracking.client().log_artifacts(run_id, str(path), "mlflow_model")
 
-
-def _transient(task_, task_run, state) -> bool:
-    try:
-        state.result()
-    except NSTError:
-        return False
-    except Exception:
-        return True
-    return False
-
-
-train_task = task(train_one, name="train-network", retries=0, retry_condition_fn=_transient,
-                  task_run_name="train-{cfg[out]}")

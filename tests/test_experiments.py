@@ -40,7 +40,7 @@ grids:
 
 
 def grid_error(d: Path, text: str) -> str:
-    from tasks.cell import METHODS  # the real method registry
+    from nst.methods import METHODS  # the real method registry
 
     with pytest.raises(ConfigError) as ei:
         load_grid(write(d, text), "g", METHODS)

@@ -174,7 +174,7 @@ def test_tiny_grid_tracks_reports_and_resumes(home: Path, prefect_server, capsys
 
 
 def test_device_leases_never_share_a_device():
-    from tasks.cell import DevicePool
+    from tasks.devices import DevicePool
 
     pool = DevicePool(["cuda:0", "cuda:1"])
     busy: dict[str, int] = {"cuda:0": 0, "cuda:1": 0}

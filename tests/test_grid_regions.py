@@ -110,7 +110,7 @@ grids:
 
 
 def _error(d: Path, content: str, extra: str) -> str:
-    from tasks.cell import METHODS  # the real registry: region methods are registered there
+    from nst.methods import METHODS  # the real registry: region methods are registered there
 
     (d / "exp.yaml").write_text(REGION_BASE.format(content=content, extra=textwrap.indent(textwrap.dedent(extra), "    ")))
     with pytest.raises(ConfigError) as ei:
@@ -157,7 +157,7 @@ def test_region_schema_errors_name_the_yaml_path(files: Path, content: str, extr
 
 
 def test_region_cell_ids_hash_the_spec_and_the_mask_bytes(files: Path):
-    from tasks.cell import METHODS
+    from nst.methods import METHODS
 
     mask = Image.new("L", (64, 48), 0)
     mask.paste(255, (0, 0, 32, 48))

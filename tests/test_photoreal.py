@@ -124,9 +124,12 @@ def test_two_stages_plain_then_regularised(content48, starry48) -> None:
 def test_photoreal_grid_cells_log_the_energy_of_their_output_weight_zero_too() -> None:
     from pathlib import Path
 
+    from nst.evaluate import shared_evaluator
     from nst.experiments import load_grid
     from nst.images import load_image
-    from tasks.cell import CellInputs, _gatys
+    from nst.methods import get
+    from tasks.cell_log import method_metrics
+    from tasks.inputs import CellInputs, method_inputs
 
     grid = load_grid(Path(__file__).resolve().parents[1] / "experiments.yaml", "photoreal",
                      overrides={"size": 32, "steps": 2})
@@ -134,7 +137,8 @@ def test_photoreal_grid_cells_log_the_energy_of_their_output_weight_zero_too() -
         (False, False), (True, False), (True, True)]
     cell = grid.cells[0]  # the unregularised one
     content = load_image(cell.content, size=32)
-    res = _gatys(cell, CellInputs(content, [load_image(cell.styles[0], size=32)]), "cpu", None, 0)
-    metrics = res.info["cell_metrics"]()
+    inputs = method_inputs(cell, CellInputs(content, [load_image(cell.styles[0], size=32)]), "cpu")
+    res = get(cell.method).run(inputs)
+    metrics = method_metrics(cell, get(cell.method), res, inputs, shared_evaluator("cpu"))
     assert metrics == {"photoreal_energy": pytest.approx(photoreal_energy(res.image, content))}
     assert metrics["photoreal_energy"] > 0
