@@ -90,12 +90,8 @@ def grid_flow(
     pending = [c for c in g.cells if c.cell_id not in done]
     print(f"grid {grid}: {len(g.cells)} cells, {len(g.cells) - len(pending)} already finished, {len(pending)} to run")
     out_dir = Path(reports_dir or settings.reports_dir()) / grid
-    tags = {"grid": grid, "nst.kind": "grid", "git_commit": tracking.git_commit(), "executor": executor,
-            "experiments_file": str(g.source)}
-    if overrides:
-        tags["overrides"] = json.dumps(overrides, sort_keys=True, default=str)[:5000]
     results: list[dict[str, Any]] = []
-    with tracking.tracked_run(exp_id, f"grid {grid}", tags) as parent_id:
+    with tracking.tracked_run(exp_id, f"grid {grid}", _grid_tags(g, executor, overrides)) as parent_id:
         tracking.log_batch(parent_id, params={"cells": len(g.cells), "pending": len(pending),
                                               "devices": ",".join(devices or []) or "default"})
         bar = tqdm(total=len(pending), desc=f"grid {grid}", unit="cell", disable=not progress, dynamic_ncols=True)
@@ -121,6 +117,15 @@ def grid_flow(
         "cell_ids": [c.cell_id for c in g.cells],
         "skipped": len(g.cells) - len(pending), "results": results, "report": {k: str(v) for k, v in rep.files.items()},
     }
+
+
+def _grid_tags(g: Grid, executor: str, overrides: dict[str, Any] | None) -> dict[str, str]:
+    """The parent run's tags: what ran, how, from which file and with which overrides."""
+    tags = {"grid": g.name, "nst.kind": "grid", "git_commit": tracking.git_commit(), "executor": executor,
+            "experiments_file": str(g.source)}
+    if overrides:
+        tags["overrides"] = json.dumps(overrides, sort_keys=True, default=str)[:5000]
+    return tags
 
 
 def batches(cells: list[Cell], batch: int) -> list[list[Cell]]:

@@ -17,7 +17,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -175,97 +175,128 @@ def _download(run_id: str, artifact: str, dest: Path) -> Path | None:
 # --------------------------------------------------------------------------- one figure
 
 
+@dataclass
+class _Figure:
+    """A figure being written: its Markdown lines, its images (relative to `out_dir`) and its notes."""
+
+    out_dir: Path
+    md: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def image(self, path: Path | None, alt: str) -> None:
+        if path is not None:
+            rel = Path(path).relative_to(self.out_dir)
+            self.images.append(str(rel))
+            self.md += [f"![{alt}]({rel.as_posix()})", ""]
+
+
 def build_figure(name: str, spec: FigureSpec, runs: list[GridRun], out_dir: Path, variant: str,
                  command: str, experiments_file: Path) -> dict[str, Any]:
     """Draw the figure's panels into `out_dir`, write figure.md / figure.json; returns the JSON record."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md: list[str] = [f"## {spec.title}", ""]
-    if spec.source:
-        md += [f"*Source: {spec.source}*", ""]
-    if spec.caption:
-        md += [spec.caption.strip(), ""]
-    images: list[str] = []
-    notes: list[str] = []
+    fig = _Figure(Path(out_dir), md=_heading(spec))
+    fig.out_dir.mkdir(parents=True, exist_ok=True)
     for gr in runs:
-        g, rep, df = gr.grid, gr.report, gr.report.table
-        gdir = out_dir / g.name
-        if df.empty:
-            notes.append(f"grid `{g.name}`: no runs")
-            continue
-        n_ok = int((df["status"] == "FINISHED").sum())
-        md += [f"**Grid `{g.name}`** ({len(df)} cells, {n_ok} finished; MLflow experiment "
-               f"`{tracking.experiment_name(g.name)}` (id {gr.experiment_id})"
-               + (f", parent run `{gr.parent_run_id}`" if gr.parent_run_id else "") + ")", ""]
-        if g.spec.description:
-            md += [f"> {' '.join(g.spec.description.split())}", ""]
-        for panel in spec.show:
-            rel = None
-            if panel == "sheet" and "contact_sheet.png" in rep.files:
-                rel = Path(rep.files["contact_sheet.png"]).relative_to(out_dir)
-            elif panel == "table":
-                table, missing = table_md(df, rep.axes, spec.columns)
-                md += [table]
-                if missing:
-                    notes.append(f"grid `{g.name}`: no run logged {', '.join(missing)}")
-            elif panel == "summary" and g.spec.summary_by in df:
-                sm = summary(df, g.spec.summary_by)
-                if "failed" in sm:
-                    sm["failed"] = sm["failed"].map(short_error)
-                md += [f"Summary by `{g.spec.summary_by}`:", "", to_markdown(sm)]
-            elif panel == "curves":
-                ok = df[df["status"] == "FINISHED"]
-                va = varying_axes(df, rep.axes)
-                p = loss_curves([(cell_label(r, va), r["run_id"]) for _, r in ok.iterrows()], spec.curves,
-                                gdir / "loss_curves.png", f"{spec.title} ({g.name})")
-                rel = p.relative_to(out_dir) if p else None
-            elif panel == "bars":
-                p = bar_chart(df, rep.axes, spec.bars, gdir / "bars.png", f"{', '.join(spec.bars)} ({g.name})")
-                rel = p.relative_to(out_dir) if p else None
-            elif panel == "artifacts":
-                va = varying_axes(df, rep.axes)
-                for art in spec.artifacts:
-                    rows = []
-                    for _, r in df[df["status"] == "FINISHED"].iterrows():
-                        got = _download(r["run_id"], art, gdir / ".download" / r["cell_id"])
-                        if got is not None:
-                            rows.append((cell_label(r, va), got))
-                    stem = Path(art).stem.replace("/", "_")
-                    p = artifact_sheet(rows, gdir / f"{stem}_by_cell.png", f"{art} ({g.name})")
-                    if p is None:
-                        notes.append(f"grid `{g.name}`: no cell logged the artifact `{art}`")
-                    else:
-                        rel = p.relative_to(out_dir)
-                        images.append(str(rel))
-                        md += [f"![{art}]({rel.as_posix()})", ""]
-                        rel = None
-            if rel is not None:
-                images.append(str(rel))
-                md += [f"![{panel}]({rel.as_posix()})", ""]
+        _grid_section(fig, gr, spec)
     for gr in runs:  # downloads were copied into the panels; the figure folder keeps only what it shows
-        shutil.rmtree(out_dir / gr.grid.name / ".download", ignore_errors=True)
-    grids = ", ".join(f"`{gr.grid.name}`" for gr in runs)
-    md += ["Reproduce:", "", "```bash", command, "```", "",
-           f"Grids {grids} of `{experiments_file.name}`, {variant} variant "
-           f"(settings laid over each grid: `{json.dumps(getattr(spec, variant), sort_keys=True)}`).", ""]
-    if notes:
-        md += ["Notes: " + "; ".join(notes) + ".", ""]
+        shutil.rmtree(fig.out_dir / gr.grid.name / ".download", ignore_errors=True)
+    fig.md += _reproduce_md(spec, runs, variant, command, experiments_file, fig.notes)
     record = {
         "figure": name, "title": spec.title, "variant": variant, "command": command,
         "grids": {gr.grid.name: {"experiment_id": gr.experiment_id, "parent_run_id": gr.parent_run_id,
                                  "cells": len(gr.report.table)} for gr in runs},
-        "images": images, "notes": notes, "git_commit": tracking.git_commit(),
+        "images": fig.images, "notes": fig.notes, "git_commit": tracking.git_commit(),
         "made": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
     }
-    text = "\n".join(md).rstrip() + "\n"
-    atomic_write(out_dir / "figure.md", lambda t: Path(t).write_text(text, encoding="utf-8"))
-    atomic_write(out_dir / "figure.json", lambda t: Path(t).write_text(json.dumps(record, indent=1)))
+    text = "\n".join(fig.md).rstrip() + "\n"
+    atomic_write(fig.out_dir / "figure.md", lambda t: Path(t).write_text(text, encoding="utf-8"))
+    atomic_write(fig.out_dir / "figure.json", lambda t: Path(t).write_text(json.dumps(record, indent=1)))
     c = tracking.client()
     for gr in runs:  # the figure next to the runs it was drawn from, in the MLflow UI
         if gr.parent_run_id:
-            for rel in images:
-                c.log_artifact(gr.parent_run_id, str(out_dir / rel), f"figures/{name}")
+            for rel in fig.images:
+                c.log_artifact(gr.parent_run_id, str(fig.out_dir / rel), f"figures/{name}")
     return record
+
+
+def _heading(spec: FigureSpec) -> list[str]:
+    md = [f"## {spec.title}", ""]
+    if spec.source:
+        md += [f"*Source: {spec.source}*", ""]
+    if spec.caption:
+        md += [spec.caption.strip(), ""]
+    return md
+
+
+def _grid_section(fig: _Figure, gr: GridRun, spec: FigureSpec) -> None:
+    """One grid's part of the figure: a line naming its MLflow experiment, then each panel of `spec.show`."""
+    g, df = gr.grid, gr.report.table
+    if df.empty:
+        fig.notes.append(f"grid `{g.name}`: no runs")
+        return
+    n_ok = int((df["status"] == "FINISHED").sum())
+    fig.md += [f"**Grid `{g.name}`** ({len(df)} cells, {n_ok} finished; MLflow experiment "
+               f"`{tracking.experiment_name(g.name)}` (id {gr.experiment_id})"
+               + (f", parent run `{gr.parent_run_id}`" if gr.parent_run_id else "") + ")", ""]
+    if g.spec.description:
+        fig.md += [f"> {' '.join(g.spec.description.split())}", ""]
+    for panel in spec.show:
+        _panel(fig, panel, gr, spec)
+
+
+def _panel(fig: _Figure, panel: str, gr: GridRun, spec: FigureSpec) -> None:
+    g, rep, df = gr.grid, gr.report, gr.report.table
+    gdir = fig.out_dir / g.name
+    if panel == "sheet" and "contact_sheet.png" in rep.files:
+        fig.image(rep.files["contact_sheet.png"], panel)
+    elif panel == "table":
+        table, missing = table_md(df, rep.axes, spec.columns)
+        fig.md += [table]
+        if missing:
+            fig.notes.append(f"grid `{g.name}`: no run logged {', '.join(missing)}")
+    elif panel == "summary" and g.spec.summary_by in df:
+        sm = summary(df, g.spec.summary_by)
+        if "failed" in sm:
+            sm["failed"] = sm["failed"].map(short_error)
+        fig.md += [f"Summary by `{g.spec.summary_by}`:", "", to_markdown(sm)]
+    elif panel == "curves":
+        ok = df[df["status"] == "FINISHED"]
+        va = varying_axes(df, rep.axes)
+        fig.image(loss_curves([(cell_label(r, va), r["run_id"]) for _, r in ok.iterrows()], spec.curves,
+                              gdir / "loss_curves.png", f"{spec.title} ({g.name})"), panel)
+    elif panel == "bars":
+        fig.image(bar_chart(df, rep.axes, spec.bars, gdir / "bars.png", f"{', '.join(spec.bars)} ({g.name})"), panel)
+    elif panel == "artifacts":
+        for art in spec.artifacts:
+            _artifact_panel(fig, art, gr)
+
+
+def _artifact_panel(fig: _Figure, art: str, gr: GridRun) -> None:
+    """The artifact `art` of every finished cell, under the cells' labels, as one sheet."""
+    g, df = gr.grid, gr.report.table
+    gdir = fig.out_dir / g.name
+    va = varying_axes(df, gr.report.axes)
+    rows = []
+    for _, r in df[df["status"] == "FINISHED"].iterrows():
+        got = _download(r["run_id"], art, gdir / ".download" / r["cell_id"])
+        if got is not None:
+            rows.append((cell_label(r, va), got))
+    stem = Path(art).stem.replace("/", "_")
+    p = artifact_sheet(rows, gdir / f"{stem}_by_cell.png", f"{art} ({g.name})")
+    if p is None:
+        fig.notes.append(f"grid `{g.name}`: no cell logged the artifact `{art}`")
+    fig.image(p, art)
+
+
+def _reproduce_md(spec: FigureSpec, runs: list[GridRun], variant: str, command: str, experiments_file: Path,
+                  notes: list[str]) -> list[str]:
+    grids = ", ".join(f"`{gr.grid.name}`" for gr in runs)
+    md = ["Reproduce:", "", "```bash", command, "```", "",
+          f"Grids {grids} of `{experiments_file.name}`, {variant} variant "
+          f"(settings laid over each grid: `{json.dumps(getattr(spec, variant), sort_keys=True)}`).", ""]
+    if notes:
+        md += ["Notes: " + "; ".join(notes) + ".", ""]
+    return md
 
 
 def machine() -> str:
