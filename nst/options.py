@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from .errors import ConfigError
 
@@ -38,21 +39,35 @@ from .errors import ConfigError
 CLIP_METHODS = ("video",)
 
 
+def _train_field(name: str, *more: Any, **grid: Any) -> Any:
+    """The `TrainConfig` field `name` (type constraints, description, default) as a grid option; `more` and
+    `grid` are what a grid cell changes (a tighter bound, a default sized for a cell rather than a model)."""
+    from .fast.train import TrainConfig
+
+    return FieldInfo.merge_field_infos(TrainConfig.model_fields[name], *more, **grid)
+
+
 class TrainOptions(BaseModel):
-    """Training of a transformation network inside a cell (Johnson et al.), or a trained one (`model`)."""
+    """Training of a transformation network inside a cell (Johnson et al.), or a trained one (`model`).
+
+    Each field is a `nst.fast.train.TrainConfig` field (``train_*``: its name there without the prefix);
+    the defaults that differ are a grid cell's (40 steps of batch 2, the evolution every 10 steps: a
+    cell trains a small network in minutes; `nst train` trains the real one with TrainConfig's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train_images: Optional[str] = Field(None, description="folder of training images (COCO's train2014/ or any)")
-    train_coco: Optional[str] = Field(None, description="COCO annotation file listing the training images")
-    train_size: Optional[int] = Field(None, ge=16, le=2048, description="training crop (default: the cell's size)")
-    train_steps: int = Field(40, ge=1, le=10_000_000)
-    batch_size: int = Field(2, ge=1, le=256)
-    train_lr: float = Field(1e-3, gt=0, le=1)
-    norm: Literal["instance", "batch"] = "instance"
-    width: int = Field(32, ge=1, le=256, description="filters of the first conv (32 in the paper)")
-    n_residual: int = Field(5, ge=0, le=32)
-    val_every: int = Field(10, ge=0, description="stylise the content image every N steps (the evolution)")
+    train_images: Optional[str] = _train_field("images", default=None)
+    train_coco: Optional[str] = _train_field("coco")
+    train_size: Optional[int] = _train_field("size", default=None,
+                                             description="training crop (default: the cell's size)")
+    train_steps: int = _train_field("steps", Field(ge=1), default=40)
+    batch_size: int = _train_field("batch_size", default=2)
+    train_lr: float = _train_field("lr", Field(le=1))
+    norm: Literal["instance", "batch"] = _train_field("norm")
+    width: int = _train_field("width")
+    n_residual: int = _train_field("n_residual")
+    val_every: int = _train_field("val_every", default=10,
+                                  description="stylise the content image every N steps (the evolution)")
     model: Optional[str] = Field(None, description="a trained model file: apply it, no training")
 
     def train_keys(self) -> set[str]:

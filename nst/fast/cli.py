@@ -91,32 +91,46 @@ def _add_train(sub) -> None:
     p.add_argument("--coco", help="COCO annotation JSON (e.g. annotations/instances_train2014.json)")
     p.add_argument("--images", required=True, help="image folder (COCO's train2014/, or any folder without --coco)")
     p.add_argument("--out-dir", default="models", help="where the model files go (<style>.pt)")
-    p.add_argument("--size", type=int, default=256, help="training crop size")
-    p.add_argument("--style-size", type=int, help="longest side of the style image (default: --size)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--content-weight", type=float, default=1.0)
-    p.add_argument("--style-weight", type=float, default=10.0)
-    p.add_argument("--tv-weight", type=float, default=0.0)
-    p.add_argument("--backbone", default="vgg19")
-    p.add_argument("--weights", help="backbone weights file")
-    p.add_argument("--pooling", choices=("max", "avg"), default="avg")
-    p.add_argument("--content-layers", nargs="+")
-    p.add_argument("--style-layers", nargs="+")
-    p.add_argument("--norm", choices=("instance", "batch"), default="instance")
-    p.add_argument("--width", type=int, default=32, help="filters of the first conv layer")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    p.add_argument("--val-image", help="fixed validation image (default: the first training image)")
-    p.add_argument("--val-every", type=int, default=100, help="log the stylised validation image every N steps")
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    add_train_flags(p)
     p.add_argument("--experiment", default="fast-train", help="MLflow experiment (nst-grid/<name>)")
     p.add_argument("--no-track", action="store_true", help="plain training: no Prefect flow, no MLflow")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+
+#: `nst train` flags that are `TrainConfig` fields one to one: type, choices, default and help come from
+#: the model (`add_train_flags`), so the CLI never restates a default.
+TRAIN_FLAGS = (
+    "size", "style_size", "batch_size", "steps", "lr", "content_weight", "style_weight", "tv_weight", "backbone",
+    "weights", "pooling", "content_layers", "style_layers", "norm", "width", "seed", "device", "precision",
+    "workers", "val_image", "val_every", "checkpoint_every",
+)
+#: Where `nst train` wants more than the library's defaults: evolution images and checkpoints of a long run.
+TRAIN_CLI_DEFAULTS = {"val_every": 100, "checkpoint_every": 500}
+#: Help for fields without a description in `TrainConfig`.
+TRAIN_HELP = {"weights": "backbone weights file", "seed": "network initialisation and sample order",
+              "val_every": "log the stylised validation image every N steps"}
+
+
+def add_train_flags(p: argparse.ArgumentParser, fields: tuple[str, ...] = TRAIN_FLAGS) -> None:
+    """One ``--flag`` per `TrainConfig` field, typed from its annotation (a Literal: choices; a tuple: several)."""
+    from typing import Literal, Union, get_args, get_origin
+
+    from .train import TrainConfig
+
+    for name in fields:
+        info = TrainConfig.model_fields[name]
+        kind, extra = info.annotation, {}
+        if get_origin(kind) is Union:  # Optional[X]
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        if get_origin(kind) is Literal:
+            extra["choices"] = get_args(kind)
+            kind = type(get_args(kind)[0])
+        elif get_origin(kind) is tuple:
+            extra["nargs"] = "+"
+            kind = get_args(kind)[0]
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=TRAIN_CLI_DEFAULTS.get(name, info.default),
+                       help=TRAIN_HELP.get(name) or info.description or name.replace("_", " "), **extra)
 
 
 def train_configs(args: argparse.Namespace) -> list[dict]:
@@ -128,15 +142,8 @@ def train_configs(args: argparse.Namespace) -> list[dict]:
     configs = []
     for styles in groups:
         name = "+".join(Path(s).stem for s in styles)
-        cfg = dict(
-            styles=styles, images=args.images, coco=args.coco, size=args.size, style_size=args.style_size,
-            batch_size=args.batch_size, steps=args.steps, lr=args.lr, content_weight=args.content_weight,
-            style_weight=args.style_weight, tv_weight=args.tv_weight, backbone=args.backbone, weights=args.weights,
-            pooling=args.pooling, content_layers=args.content_layers, style_layers=args.style_layers, norm=args.norm,
-            width=args.width, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
-            val_image=args.val_image, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
-            checkpoint=str(out_dir / f"{name}.ckpt"), out=str(out_dir / f"{name}.pt"),
-        )
+        cfg = dict(styles=styles, images=args.images, coco=args.coco, **{f: getattr(args, f) for f in TRAIN_FLAGS},
+                   checkpoint=str(out_dir / f"{name}.ckpt"), out=str(out_dir / f"{name}.pt"))
         make_train_config(**cfg)
         configs.append(cfg)
     return configs
