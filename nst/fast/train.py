@@ -202,15 +202,56 @@ def _config_mismatch(saved: dict, config: TrainConfig) -> str | None:
     return None
 
 
-def train(
-    config: TrainConfig | dict,
-    *,
-    callback: Callable[[TrainStep], None] | None = None,
-) -> TrainResult:
-    """Train (or resume) a transformation network; returns it with its loss history and timings."""
-    if isinstance(config, dict):
-        config = make_train_config(**config)
-    t0 = time.perf_counter()
+class StepTimer:
+    """Seconds spent in each part of a training step, summed over steps (for benchmarks/bench_train.py).
+
+    `lap(name)` charges the time since the previous lap to `name`; on CUDA it synchronises first, so
+    asynchronous kernels are charged to the part that launched them.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def start(self) -> None:
+        self._sync()
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.totals[name] = self.totals.get(name, 0.0) + now - self._t
+        self._t = now
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+@dataclass
+class _Training:
+    """Everything a training step needs, built once by `_prepare`."""
+
+    config: TrainConfig
+    device: torch.device
+    precision: str
+    backbone: backbones.Backbone
+    content_layers: list[str]
+    style_layers: list[str]
+    content_weights: dict[str, float]
+    style_weights: dict[str, float]
+    extractor: FeatureExtractor
+    content_extractor: FeatureExtractor
+    grams: list[dict[str, torch.Tensor]]
+    net: TransformNet
+    opt: torch.optim.Optimizer
+    style_vecs: list[torch.Tensor]
+    files: list[Path]
+
+
+def _prepare(config: TrainConfig) -> _Training:
+    """Loss network, style Gram targets, transformation network and optimiser (seeded)."""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     for s in config.styles:
@@ -222,8 +263,6 @@ def train(
     style_layers = list(config.style_layers or backbone.default_style_layers)
     backbone.check_layers(content_layers, "content layer")
     backbone.check_layers(style_layers, "style layer")
-    cw = normalised_layer_weights(content_layers, None)
-    sw = normalised_layer_weights(style_layers, None)
     extractor = FeatureExtractor(backbone, content_layers + style_layers, precision)
     content_extractor = FeatureExtractor(backbone, content_layers, precision)
 
@@ -238,59 +277,89 @@ def train(
     net_cfg = NetConfig(norm=config.norm, n_styles=len(config.styles), width=config.width, n_residual=config.n_residual)
     net = TransformNet(net_cfg).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    style_vecs = [net.style_vector(i, device) for i in range(len(config.styles))]
+    return _Training(config, device, precision, backbone, content_layers, style_layers,
+                     normalised_layer_weights(content_layers, None), normalised_layer_weights(style_layers, None),
+                     extractor, content_extractor, grams, net, opt, style_vecs, files)
+
+
+def _train_step(t: _Training, batch: torch.Tensor, step: int,
+                timer: StepTimer | None = None) -> tuple[dict[str, torch.Tensor], int]:
+    """One optimiser step on `batch` (1-based `step` picks the style, round robin as in Dumoulin et al.).
+
+    Returns the loss terms (tensors, not yet synchronised) and the style index used.
+    """
+    cfg = t.config
+    lap = timer.lap if timer is not None else (lambda name: None)
+    x = batch.to(t.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    s = (step - 1) % len(cfg.styles)
+    with torch.no_grad():
+        content_feats = t.content_extractor(x)
+    lap("content targets (loss network, no grad)")
+    with autocast_context(t.device, t.precision):
+        y = t.net(x, t.style_vecs[s])
+    lap("transformer forward")
+    loss_fn = PerceptualLoss(
+        {k: content_feats[k] for k in t.content_layers}, t.content_weights, [(1.0, t.grams[s])], t.style_weights,
+        content_weight=cfg.content_weight, style_weight=cfg.style_weight, tv_weight=cfg.tv_weight,
+    )
+    total, terms = loss_fn(y.float(), t.extractor(y))
+    lap("loss network forward + losses")
+    if timer is not None and y.requires_grad:
+        y.register_hook(lambda g: lap("loss network backward"))  # the gradient has reached the output
+    t.opt.zero_grad(set_to_none=True)
+    total.backward()
+    lap("transformer backward")
+    t.opt.step()
+    lap("optimizer")
+    return terms, s
+
+
+def train(
+    config: TrainConfig | dict,
+    *,
+    callback: Callable[[TrainStep], None] | None = None,
+    timer: StepTimer | None = None,
+) -> TrainResult:
+    """Train (or resume) a transformation network; returns it with its loss history and timings.
+
+    `timer` (optional) collects where the time of each step goes, data loading included.
+    """
+    if isinstance(config, dict):
+        config = make_train_config(**config)
+    t0 = time.perf_counter()
+    t = _prepare(config)
     start_step = 0
     history: list[dict[str, float]] = []
     ckpt_path = Path(config.checkpoint) if config.checkpoint else None
     if ckpt_path is not None and config.resume and ckpt_path.is_file():
-        start_step, history = _load_checkpoint(ckpt_path, config, net, opt, device)
+        start_step, history = _load_checkpoint(ckpt_path, config, t.net, t.opt, t.device)
 
-    val = _validation_image(config, files)
-    dataset = CropDataset(files, config.size, config.seed)
-    style_vecs = [net.style_vector(i, device) for i in range(len(config.styles))]
+    val = _validation_image(config, t.files)
+    dataset = CropDataset(t.files, config.size, config.seed)
     setup_s = time.perf_counter() - t0
     loop_start = time.perf_counter()
     val_image = None
-    net.train()
+    t.net.train()
     step = start_step
+    if timer is not None:
+        timer.start()
     for batch in batches(dataset, config.batch_size, start_step, config.steps, config.workers):
         step += 1
-        x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        s = (step - 1) % len(config.styles)  # round robin: one style per batch (Dumoulin et al.)
-        with torch.no_grad():
-            content_feats = content_extractor(x)
-        with autocast_context(device, precision):
-            y = net(x, style_vecs[s])
-        loss_fn = PerceptualLoss(
-            {k: content_feats[k] for k in content_layers}, cw, [(1.0, grams[s])], sw,
-            content_weight=config.content_weight, style_weight=config.style_weight, tv_weight=config.tv_weight,
-        )
-        total, terms = loss_fn(y.float(), extractor(y))
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-
-        is_last = step == config.steps
-        is_val = bool(config.val_every and step % config.val_every == 0) or is_last
-        is_ckpt = bool(ckpt_path and ((config.checkpoint_every and step % config.checkpoint_every == 0) or is_last))
-        if step % config.log_every == 0 or is_last or is_val or is_ckpt:
-            losses = {k: float(v.detach()) for k, v in terms.items()}
-            if not all(math.isfinite(v) for v in losses.values()):
-                raise DivergedError(f"training diverged at step {step}: non-finite loss {losses}")
-            elapsed = time.perf_counter() - loop_start
-            ips = (step - start_step) * config.batch_size / max(elapsed, 1e-9)
-            history.append({"step": float(step), "time": elapsed, "style_index": float(s), **losses})
-            if is_val:
-                val_image = stylize_validation(net, val, len(config.styles), device)
-            if is_ckpt:
-                _save_checkpoint(ckpt_path, net, opt, step, config, history)
-            if callback is not None:
-                callback(TrainStep(step, config.steps, losses, elapsed, ips, val_image if is_val else None))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        if timer is not None:
+            timer.lap("data loading")
+        terms, s = _train_step(t, batch, step, timer)
+        made = _after_step(t, step, start_step, s, terms, loop_start, history, val, ckpt_path, callback)
+        if made is not None:
+            val_image = made
+        if timer is not None:
+            timer.lap("logging, validation, checkpoints")
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
     train_s = time.perf_counter() - loop_start
     done = config.steps - start_step
     if val_image is None:
-        val_image = stylize_validation(net, val, len(config.styles), device)
+        val_image = stylize_validation(t.net, val, len(config.styles), t.device)
     timings = {
         "setup_s": setup_s,
         "train_s": train_s,
@@ -299,22 +368,47 @@ def train(
         "images_per_s": done * config.batch_size / train_s if done > 0 and train_s > 0 else 0.0,
     }
     info = {
-        "device": str(device),
-        "precision": precision,
-        "backbone": backbone.name,
-        "weights_source": backbone.weights_source,
-        "content_layers": content_layers,
-        "style_layers": style_layers,
-        "n_images": len(files),
+        "device": str(t.device),
+        "precision": t.precision,
+        "backbone": t.backbone.name,
+        "weights_source": t.backbone.weights_source,
+        "content_layers": t.content_layers,
+        "style_layers": t.style_layers,
+        "n_images": len(t.files),
         "start_step": start_step,
         "steps": config.steps,
-        "parameters": sum(p.numel() for p in net.parameters()),
+        "parameters": sum(p.numel() for p in t.net.parameters()),
     }
-    net.eval()
+    t.net.eval()
     model_path = None
     if config.out:
-        model_path = save_model(net, config.out, [_style_name(s) for s in config.styles], model_meta(config, info, timings))
-    return TrainResult(net, history, timings, info, model_path, val_image)
+        model_path = save_model(t.net, config.out, [_style_name(s) for s in config.styles],
+                                model_meta(config, info, timings))
+    return TrainResult(t.net, history, timings, info, model_path, val_image)
+
+
+def _after_step(t: _Training, step: int, start_step: int, s: int, terms: dict[str, torch.Tensor], loop_start: float,
+                history: list[dict[str, float]], val: torch.Tensor, ckpt_path: Path | None,
+                callback: Callable[[TrainStep], None] | None) -> torch.Tensor | None:
+    """Log, validate and checkpoint when due; returns the validation image when one was made."""
+    config = t.config
+    is_last = step == config.steps
+    is_val = bool(config.val_every and step % config.val_every == 0) or is_last
+    is_ckpt = bool(ckpt_path and ((config.checkpoint_every and step % config.checkpoint_every == 0) or is_last))
+    if not (step % config.log_every == 0 or is_last or is_val or is_ckpt):
+        return None
+    losses = {k: float(v.detach()) for k, v in terms.items()}
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise DivergedError(f"training diverged at step {step}: non-finite loss {losses}")
+    elapsed = time.perf_counter() - loop_start
+    ips = (step - start_step) * config.batch_size / max(elapsed, 1e-9)
+    history.append({"step": float(step), "time": elapsed, "style_index": float(s), **losses})
+    val_image = stylize_validation(t.net, val, len(config.styles), t.device) if is_val else None
+    if is_ckpt:
+        _save_checkpoint(ckpt_path, t.net, t.opt, step, config, history)
+    if callback is not None:
+        callback(TrainStep(step, config.steps, losses, elapsed, ips, val_image))
+    return val_image
 
 
 def model_meta(config: TrainConfig, info: dict, timings: dict) -> dict:
