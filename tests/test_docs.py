@@ -17,8 +17,6 @@ LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 IMG = re.compile(r"<img[^>]+src=\"([^\"]+)\"")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 
-#: Pages being written in parallel (issue 13, item 7), linked already; drop a name once its page is committed.
-PENDING = {ROOT / "docs" / "architecture.md"}
 
 #: The README's first two commands: CI (.ci/run) and users run exactly these.
 COMMANDS = (
@@ -82,8 +80,7 @@ def test_every_local_link_and_image_exists(doc):
         file_part, _, anchor = target.partition("#")
         dest = (doc.parent / unquote(file_part)).resolve() if file_part else doc
         if not dest.exists():
-            if dest not in PENDING:
-                missing.append(target)
+            missing.append(target)
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest.read_text(encoding="utf-8")):
             missing.append(f"{target} (no such heading)")
     assert not missing, f"{doc.relative_to(ROOT)}: broken links: {missing}"
