@@ -321,6 +321,9 @@ def _window(image: torch.Tensor, t: Tile) -> torch.Tensor:
 
 
 def _owned(feat: torch.Tensor, t: Tile, stride: int) -> torch.Tensor:
+    """The positions of `feat` this tile owns; may be empty: a strip of the image past the deepest
+    layer's last position (a side that is not a multiple of the stride: 3000 px -> 187 rows at stride
+    16 cover 2992 px) owns nothing of that layer."""
     rs, cs = t.owned(stride, feat.shape[-2], feat.shape[-1])
     return feat[..., rs, cs]
 
@@ -342,6 +345,8 @@ def tiled_features(extractor, image: torch.Tensor, plan: TilePlan, gram_layers=(
         feats = extractor(_window(image, t))
         for k in gram_layers:
             f = _owned(feats[k], t, plan.strides[k])
+            if f.shape[-2] * f.shape[-1] == 0:
+                continue
             g = gram_matrix(f) * (f.shape[-2] * f.shape[-1] / (full[k][0] * full[k][1]))
             grams[k] = g if k not in grams else grams[k].add_(g)
         for k in feature_layers:
@@ -403,6 +408,8 @@ def make_closure(x: torch.Tensor, opt, extractor, loss_fn, plan: TilePlan, evals
                 surrogate = xt.new_zeros(())
                 for layer, loss in loss_fn.content.items():
                     f = _owned(feats[layer], t, plan.strides[layer])
+                    if f.numel() == 0:
+                        continue
                     rs, cs = t.global_slices(plan.strides[layer], feats[layer].shape[-2], feats[layer].shape[-1])
                     share = f.numel() / loss.target.numel()
                     part = relative_error(f, loss.target[..., rs, cs], loss.norm) * share
@@ -410,8 +417,12 @@ def make_closure(x: torch.Tensor, opt, extractor, loss_fn, plan: TilePlan, evals
                     surrogate = surrogate + loss_fn.content_weight * loss_fn.content_layer_weights[layer] * part
                 for layer in style_layers:
                     f = _owned(feats[layer], t, plan.strides[layer])
+                    if f.shape[-2] * f.shape[-1] == 0:
+                        continue
                     g = gram_matrix(f) * (f.shape[-2] * f.shape[-1] / (full[layer][0] * full[layer][1]))
                     surrogate = surrogate + loss_fn.style_weight * (dg[layer] * g).sum()
+                if not surrogate.requires_grad:  # owns no position of any loss layer
+                    continue
                 surrogate.backward()
             grad[..., t.y0: t.y1, t.x0: t.x1] += xt.grad
             del feats, surrogate, xt

@@ -88,6 +88,31 @@ def test_tiled_gradient_equals_untiled(content48, starry48) -> None:
     assert float((g - x.grad).abs().max()) / scale > 1e-2
 
 
+def test_a_strip_past_the_deepest_layer_owns_nothing_there(content48, starry48) -> None:
+    """40 px high: relu5_1 has 2 rows (stride 16) covering 32 px, so the tile starting at row 32 owns none
+    of them (a 3000 px print: 187 rows cover 2992 px). It still owns shallow positions; the loss and the
+    gradient stay the whole image's (this was a ZeroDivisionError in gram_matrix)."""
+    from nst.images import resize
+
+    cfg = make_config(size=64, content_layers=("relu4_2",), style_layers=("relu1_1", "relu3_1", "relu5_1"),
+                      device="cpu", scales=None, precision="fp32")
+    content, style = resize(content48, (40, 64)), resize(starry48, (40, 64))
+    loss_fn, ex = _loss_and_extractor(cfg, content, style)
+    x0 = 0.05 + 0.9 * content
+    x = x0.clone().requires_grad_(True)
+    total, _ = loss_fn(x, ex(x))
+    total.backward()
+    plan = tiling.make_plan(cfg, (40, 64), 16)
+    deep = plan.layer_hw((40, 64), "relu5_1")
+    assert deep == (2, 4) and any(t.owned(16, *deep)[0].stop == t.owned(16, *deep)[0].start for t in plan.tiles())
+    plan.jittered = lambda: plan.tiles((0, 0))
+    x2 = x0.clone().requires_grad_(True)
+    value = tiling.make_closure(x2, _Opt(x2), ex, loss_fn, plan, [0], [])()
+    assert float(value) == pytest.approx(float(total), rel=1e-5)
+    # fp32 summation order, as in test_tiled_gradient_equals_untiled
+    assert float((x2.grad - x.grad).abs().max()) / float(x.grad.abs().max()) < 1e-5
+
+
 def test_tiled_run_falls_and_offsets_change(content48, starry48, monkeypatch) -> None:
     monkeypatch.setattr(tiling, "CPU_LOAD_PEAK_BYTES", 0)  # else a 96 px run's estimate is the weight-loading peak
     cfg = StyleConfig(size=64, steps=2, **SHALLOW)
