@@ -34,6 +34,7 @@ def _default(field: str):
 
 
 def _add_stylize(sub) -> None:
+    # Long but flat: one statement per flag, in the order `--help` shows them.
     p = sub.add_parser(
         "stylize",
         help="optimisation-based style transfer of one image",
@@ -123,7 +124,6 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .config import make_config
-    from .evaluate import evaluate
     from .images import load_image, save_image
     from .optimize import run_steps, style_size, stylize
 
@@ -162,6 +162,14 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     save_image(result.image, out)
+    _report(result, out, args.evaluate, content, styles, config)
+    return 0
+
+
+def _report(result, out: Path, evaluate_it: bool, content, styles, config) -> None:
+    """What `nst stylize` prints after saving: time, tiling and peak memory, evaluator scores if asked."""
+    from .evaluate import evaluate
+
     t = result.timings
     print(
         f"saved {out} ({result.image.shape[-1]}x{result.image.shape[-2]}) in {t['total_s']:.1f}s, "
@@ -174,7 +182,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         est = max(st.get("estimate_mb", 0) for st in result.info["stages"])
         print(f"tiled scales {', '.join(f'{w}x{h}' for h, w in result.info['tiled_scales'])}: peak memory "
               f"{peak / 2**30:.2f} GB (process RSS; estimate {est / 1024:.2f} GB)")
-    if args.evaluate:
+    if evaluate_it:
         scores = evaluate(result.image, content, styles, config.style_weights)
         extra = {}
         if config.photoreal_weight:
@@ -182,7 +190,6 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 
             extra["photoreal_energy"] = photoreal_energy(result.image, content, config.photoreal_epsilon)
         print(json.dumps({**scores.to_dict(), **extra}, indent=None))
-    return 0
 
 
 def _print_estimate(config, hw) -> int:

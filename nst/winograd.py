@@ -191,6 +191,9 @@ def winograd_conv2d(
     ``u`` is `transform_weight` of a ``[K, C, 3, 3]`` kernel.  Any memory
     format in; the result is ``[N, K, H, W]`` in channels_last.  No autograd
     (see `WinogradConv2d`).
+
+    Long on purpose: the numbered steps of one band loop share a dozen scratch buffers allocated once
+    before it (and strided views into them); split into functions they would be passed around whole.
     """
     var = _VARIANTS[tile]
     m, a = var.m, var.a

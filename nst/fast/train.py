@@ -357,16 +357,9 @@ def train(
     if t.device.type == "cuda":
         torch.cuda.synchronize(t.device)
     train_s = time.perf_counter() - loop_start
-    done = config.steps - start_step
     if val_image is None:
         val_image = stylize_validation(t.net, val, len(config.styles), t.device)
-    timings = {
-        "setup_s": setup_s,
-        "train_s": train_s,
-        "total_s": time.perf_counter() - t0,
-        "s_per_step": train_s / done if done > 0 else 0.0,
-        "images_per_s": done * config.batch_size / train_s if done > 0 and train_s > 0 else 0.0,
-    }
+    timings = _timings(config, start_step, setup_s, train_s, t0)
     info = {
         "device": str(t.device),
         "precision": t.precision,
@@ -385,6 +378,17 @@ def train(
         model_path = save_model(t.net, config.out, [_style_name(s) for s in config.styles],
                                 model_meta(config, info, timings))
     return TrainResult(t.net, history, timings, info, model_path, val_image)
+
+
+def _timings(config: TrainConfig, start_step: int, setup_s: float, train_s: float, t0: float) -> dict[str, float]:
+    done = config.steps - start_step
+    return {
+        "setup_s": setup_s,
+        "train_s": train_s,
+        "total_s": time.perf_counter() - t0,
+        "s_per_step": train_s / done if done > 0 else 0.0,
+        "images_per_s": done * config.batch_size / train_s if done > 0 and train_s > 0 else 0.0,
+    }
 
 
 def _after_step(t: _Training, step: int, start_step: int, s: int, terms: dict[str, torch.Tensor], loop_start: float,
