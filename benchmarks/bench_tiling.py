@@ -36,7 +36,7 @@ from nst.data import image
 from nst.images import load_image
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args.get("threads", 2))
-cfg = StyleConfig(size=args["size"], steps=args["steps"], scales=None, device="cpu", precision="fp32",
+cfg = StyleConfig(size=args["size"], steps=args["steps"], scales=None, device="cpu", precision=args.get("precision", "fp32"),
                   max_memory=args.get("budget"), **args.get("extra", {}))
 content = load_image(image("tubingen.jpg"), size=cfg.size)
 style = load_image(image("starry_night.jpg"), size=cfg.size)
@@ -51,8 +51,10 @@ print(json.dumps({"size": cfg.size, "hw": list(hw), "budget": args.get("budget")
 """
 
 
-def measure(size: int, steps: int, budget: str | None, threads: int, extra: dict | None = None) -> dict:
-    arg = json.dumps({"size": size, "steps": steps, "budget": budget, "threads": threads, "extra": extra or {}})
+def measure(size: int, steps: int, budget: str | None, threads: int, extra: dict | None = None,
+            precision: str = "fp32") -> dict:
+    arg = json.dumps({"size": size, "steps": steps, "budget": budget, "threads": threads, "extra": extra or {},
+                      "precision": precision})
     p = subprocess.run([sys.executable, "-c", _CHILD, arg], capture_output=True, text=True, cwd=ROOT)
     if p.returncode:
         raise SystemExit(p.stderr[-3000:])
@@ -159,7 +161,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="full-size steps")
     ap.add_argument("--coarse-steps", type=int, default=10, help="--compare: steps at 0.25 and 0.5 of the size")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precision", default="fp32", help="--compare: fp32 (default), bf16, auto")
+    ap.add_argument("--precision", default="fp32", help="fp32 (default), bf16, auto")
     ap.add_argument("--save", help="--compare: folder for the two images")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--assets", metavar="IMAGE", help="write a 1024 px copy and a 1:1 crop of IMAGE to docs/images")
@@ -172,7 +174,7 @@ def main() -> None:
     rows = []
     if args.memory:
         for size in args.memory:
-            r = measure(size, args.steps, args.budget, args.threads)
+            r = measure(size, args.steps, args.budget, args.threads, precision=args.precision)
             r["ratio"] = r["estimate"] / r["peak"]
             rows.append(r)
             print(f"{r['hw'][1]}x{r['hw'][0]} budget={r['budget']} tiled={r['tiled']} core={r['core']}: "
