@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -115,3 +116,35 @@ class TargetCache:
 
 #: Process-wide cache used by `stylize` unless given another.
 DEFAULT_CACHE = TargetCache()
+
+
+@dataclass
+class LossNetwork:
+    """A loss network on its device and precision, with its resolved (checked) layers and their extractor."""
+
+    device: torch.device
+    precision: str
+    backbone: Backbone
+    content_layers: list[str]
+    style_layers: list[str]
+    extractor: FeatureExtractor
+
+
+def loss_network(config) -> LossNetwork:
+    """The loss network of a `StyleConfig` or `TrainConfig` (backbone, pooling, weights, layers, device, precision).
+
+    One place resolves device and precision, loads the backbone and checks the layer names, for
+    optimisation and feed-forward training alike.
+    """
+    from .backbones import get_backbone
+    from .runtime import resolve_device, resolve_precision
+
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    backbone = get_backbone(config.backbone, config.pooling, config.weights, device)
+    content_layers = list(config.content_layers or backbone.default_content_layers)
+    style_layers = list(config.style_layers or backbone.default_style_layers)
+    backbone.check_layers(content_layers, "content layer")
+    backbone.check_layers(style_layers, "style layer")
+    extractor = FeatureExtractor(backbone, content_layers + style_layers, precision)
+    return LossNetwork(device, precision, backbone, content_layers, style_layers, extractor)

@@ -18,15 +18,15 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import backbones, color, tiling
+from . import color, tiling
 from .config import StyleConfig, make_config
 from .errors import ConfigError, DivergedError
-from .features import DEFAULT_CACHE, FeatureExtractor, TargetCache, tensor_digest
+from .features import DEFAULT_CACHE, FeatureExtractor, LossNetwork, TargetCache, loss_network, tensor_digest
 from .images import load_image, resize, resize_longest
 from .lbfgs import BatchLBFGS
 from .losses import STYLE_STATISTICS, PerceptualLoss, normalised_layer_weights
 from .photoreal import photoreal_energy, photoreal_term
-from .runtime import resolve_device, resolve_precision, seed_everything
+from .runtime import seed_everything
 from .schedule import MIN_SCALE_PX, pyramid, run_steps  # noqa: F401 (part of this module's API)
 
 
@@ -262,22 +262,10 @@ class _Sample:
 
 
 @dataclass
-class _Network:
-    """The feature network a batch shares, on its device and precision, with its resolved layers."""
-
-    device: torch.device
-    precision: str
-    backbone: backbones.Backbone
-    content_layers: list[str]
-    style_layers: list[str]
-    extractor: FeatureExtractor
-
-
-@dataclass
 class _RunContext:
     """What the optimisation of one scale of one style stage needs besides the batch itself."""
 
-    net: _Network
+    net: LossNetwork
     config: StyleConfig  # the settings the batch shares (its first job's)
     cache: TargetCache
     stage: int  # index of the style stage
@@ -327,7 +315,7 @@ def stylize_batch(
     configs = [_check_job(j) for j in jobs]
     config = configs[0]
     cache = cache if cache is not None else DEFAULT_CACHE
-    net = _network(config)
+    net = loss_network(config)
     samples = [_sample(job, cfg, net) for job, cfg in zip(jobs, configs)]
     _check_batchable(samples)
     # Style stages: one per style in sequential mode (then every job has as many styles, see `batch_key`),
@@ -369,20 +357,7 @@ def stylize_batch(
     return [_result(smp, net, shared, len(samples), cache, tiled) for smp in samples]
 
 
-def _network(config: StyleConfig) -> _Network:
-    """The batch's backbone on its device, its content and style layers (checked) and their extractor."""
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    backbone = backbones.get_backbone(config.backbone, config.pooling, config.weights, device)
-    content_layers = list(config.content_layers or backbone.default_content_layers)
-    style_layers = list(config.style_layers or backbone.default_style_layers)
-    backbone.check_layers(content_layers, "content layer")
-    backbone.check_layers(style_layers, "style layer")
-    extractor = FeatureExtractor(backbone, content_layers + style_layers, precision)
-    return _Network(device, precision, backbone, content_layers, style_layers, extractor)
-
-
-def _sample(job: StyleJob, cfg: StyleConfig, net: _Network) -> _Sample:
+def _sample(job: StyleJob, cfg: StyleConfig, net: LossNetwork) -> _Sample:
     """A job's images at its size, its layer weights and its seeded generator."""
     content_img = as_image(job.content, cfg.size)
     style_imgs = [as_image(s, style_size(content_img, cfg.style_scale)) for s in job.styles]
@@ -444,7 +419,7 @@ def _optimise_scale(samples: list[_Sample], ctx: _RunContext, hw: tuple[int, int
                 tiles.offsets.clear()
 
 
-def _result(smp: _Sample, net: _Network, shared: dict[str, float], batch: int, cache: TargetCache,
+def _result(smp: _Sample, net: LossNetwork, shared: dict[str, float], batch: int, cache: TargetCache,
             tiled: list[list[int]]) -> StyleResult:
     """A job's result: its image and history, its share of the timings, and what it ran on."""
     # seconds per step at the requested size (the coarse steps are much cheaper)

@@ -28,10 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import backbones
 from ..config import format_validation_error
 from ..errors import ConfigError, DivergedError, ImageError
-from ..features import FeatureExtractor, autocast_context
+from ..features import FeatureExtractor, autocast_context, loss_network
 from ..images import atomic_write, load_image, resize
 from ..losses import PerceptualLoss, gram_matrix, normalised_layer_weights
-from ..runtime import resolve_device, resolve_precision
 from .network import NetConfig, TransformNet, model_payload, save_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -252,18 +251,13 @@ class _Training:
 
 def _prepare(config: TrainConfig) -> _Training:
     """Loss network, style Gram targets, transformation network and optimiser (seeded)."""
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
     for s in config.styles:
         load_image(s, size=16)  # fail on a bad style file before anything else
     files = training_files(config.images, config.coco)
 
-    backbone = backbones.get_backbone(config.backbone, config.pooling, config.weights, device)
-    content_layers = list(config.content_layers or backbone.default_content_layers)
-    style_layers = list(config.style_layers or backbone.default_style_layers)
-    backbone.check_layers(content_layers, "content layer")
-    backbone.check_layers(style_layers, "style layer")
-    extractor = FeatureExtractor(backbone, content_layers + style_layers, precision)
+    lossnet = loss_network(config)
+    device, precision, backbone = lossnet.device, lossnet.precision, lossnet.backbone
+    content_layers, style_layers, extractor = lossnet.content_layers, lossnet.style_layers, lossnet.extractor
     content_extractor = FeatureExtractor(backbone, content_layers, precision)
 
     style_size = config.style_size or config.size
