@@ -26,7 +26,8 @@ from nst import StyleConfig, stylize
 from nst.data import image
 from nst.evaluate import evaluate
 from nst.images import load_image, save_image
-from nst.photoreal import PhotorealLoss, matting_laplacian, photoreal_energy, side_by_side, to_torch
+from nst.photoreal import PhotorealLoss, matting_laplacian, photoreal_energy, to_torch
+from nst.sheets import side_by_side
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fast import median_time  # noqa: E402  (shared timing helper)

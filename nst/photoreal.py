@@ -37,7 +37,6 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -243,29 +242,3 @@ def photoreal_energy(output: torch.Tensor, content: torch.Tensor, epsilon: float
     out = output.detach().float().cpu()
     out = out if out.dim() == 4 else out.unsqueeze(0)
     return float(PhotorealLoss(content, epsilon)(out))
-
-
-# --------------------------------------------------------------------------- figure helpers
-
-
-def side_by_side(images: Sequence[torch.Tensor], labels: Sequence[str], height: int = 256):
-    """A PIL image: the images at the same height, left to right, each with a caption below."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from .images import to_pil
-
-    tiles = []
-    for img in images:
-        pil = to_pil(img)
-        tiles.append(pil.resize((max(1, round(pil.width * height / pil.height)), height), Image.LANCZOS))
-    font_px = max(12, height // 16)
-    font = ImageFont.load_default(size=font_px)
-    pad, cap = 6, (font_px + 4) * max(1, max(lab.count("\n") + 1 for lab in labels))
-    sheet = Image.new("RGB", (sum(t.width for t in tiles) + pad * (len(tiles) + 1), height + cap + 2 * pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    x = pad
-    for tile, label in zip(tiles, labels):
-        sheet.paste(tile, (x, pad))
-        draw.multiline_text((x, height + pad + 2), label, fill=(0, 0, 0), font=font, spacing=4)
-        x += tile.width + pad
-    return sheet

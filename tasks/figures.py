@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
 
+from nst import sheets
 from nst.experiments import Experiments, FigureSpec, Grid
 from nst.images import atomic_write, save_image
 
@@ -119,45 +119,6 @@ def bar_chart(df: pd.DataFrame, axes: list[str], metrics: list[str], path: Path,
     ax.set_title(title[:100], fontsize=10)
     fig.tight_layout()
     return _save_figure(fig, path)
-
-
-def artifact_sheet(rows: list[tuple[str, Path]], path: Path, title: str, max_side: int = 1400) -> Path | None:
-    """Per-cell images under their labels: wide ones (a film strip) one per row, tall ones (an evolution
-    column) side by side."""
-    if not rows:
-        return None
-    font = ImageFont.load_default(size=13)
-    ims = []
-    for label, p in rows:
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            scale = min(1.0, max_side / max(im.size))
-            if scale < 1:
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
-            ims.append((label, im))
-    pad, lab_h, top = 6, 20, 26
-    tall = sum(im.height for _, im in ims) > 1.5 * sum(im.width for _, im in ims)
-    if tall:
-        col_w = [max(im.width, 7 * min(len(label), 40)) for label, im in ims]
-        W = sum(col_w) + pad * (len(ims) + 1)
-        H = top + lab_h + max(im.height for _, im in ims) + pad
-    else:
-        W = max(im.width for _, im in ims) + 2 * pad
-        H = top + sum(lab_h + im.height + pad for _, im in ims) + pad
-    sheet = Image.new("RGB", (W, H), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 6), title[:140], fill="black", font=font)
-    x, y = pad, top
-    for k, (label, im) in enumerate(ims):
-        if tall:
-            draw.text((x, y + 2), label[:40], fill=(40, 40, 40), font=font)
-            sheet.paste(im, (x, y + lab_h))
-            x += col_w[k] + pad
-        else:
-            draw.text((pad, y + 2), label[:160], fill=(40, 40, 40), font=font)
-            sheet.paste(im, (pad, y + lab_h))
-            y += lab_h + im.height + pad
-    return save_image(sheet, path)
 
 
 def _save_figure(fig, path: Path) -> Path:
@@ -282,10 +243,10 @@ def _artifact_panel(fig: _Figure, art: str, gr: GridRun) -> None:
         if got is not None:
             rows.append((cell_label(r, va), got))
     stem = Path(art).stem.replace("/", "_")
-    p = artifact_sheet(rows, gdir / f"{stem}_by_cell.png", f"{art} ({g.name})")
-    if p is None:
+    if not rows:
         fig.notes.append(f"grid `{g.name}`: no cell logged the artifact `{art}`")
-    fig.image(p, art)
+        return
+    fig.image(save_image(sheets.labelled(rows, f"{art} ({g.name})"), gdir / f"{stem}_by_cell.png"), art)
 
 
 def _reproduce_md(spec: FigureSpec, runs: list[GridRun], variant: str, command: str, experiments_file: Path,

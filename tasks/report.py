@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
 
+from nst import sheets
 from nst.images import atomic_write, save_image
 from nst.regions import METHODS as REGION_METHODS
 
@@ -33,7 +33,7 @@ METRIC_ORDER = (
 TIMING = ("optimize_s", "s_per_step", "wall_s", "peak_rss_mb", "peak_gpu_mem_mb")
 LEAKAGE = ("leak_ratio", "leak_own", "leak_other")  # region methods (nst.regions.leakage)
 MEDIA = ("warping_error", "frames_per_s", "train_s", "images_per_s")  # video and fast cells (tasks.media)
-THUMB = 160
+THUMB = sheets.THUMB
 #: Artifact of region-method cells, shown as the contact sheet's first column.
 REGION_MAP = "region_map.png"
 
@@ -141,7 +141,8 @@ def summary(df: pd.DataFrame, by: str) -> pd.DataFrame:
 
 def contact_sheet(df: pd.DataFrame, axes: list[str], images: dict[str, Path], rows: str | None, cols: str | None,
                   path: Path, title: str, region_maps: dict[str, Path] | None = None) -> Path:
-    """Thumbnails on a labelled grid: rows and columns from the axes; other varying axes join the columns.
+    """Thumbnails on a labelled grid (`nst.sheets.grid`): rows and columns from the axes; other varying axes
+    join the columns. A cell without an image shows its status.
 
     With `region_maps` (cell id -> colourised region map) a first column shows each row's region map,
     so the outputs can be judged against the regions they were meant to respect.
@@ -154,52 +155,22 @@ def contact_sheet(df: pd.DataFrame, axes: list[str], images: dict[str, Path], ro
     row_keys = list(pd.unique(df[rows])) if rows else [""]
     col_key = (lambda r: " | ".join(str(r[a]) for a in col_axes)) if col_axes else (lambda r: "")
     col_keys = list(dict.fromkeys(col_key(r) for _, r in df.iterrows())) or [""]
-    lead = 1 if region_maps else 0  # the region-map column
-    font = ImageFont.load_default(size=12)
-    label_w = 110 if rows else 0
-    header_h = 34
-    pad = 4
-    W = label_w + (lead + len(col_keys)) * (THUMB + pad) + pad
-    H = 24 + header_h + len(row_keys) * (THUMB + pad) + pad
-    sheet = Image.new("RGB", (W, H), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 4), title[:120], fill="black", font=font)
-    if lead:
-        draw.text((label_w + pad, 24), "region map", fill="black", font=font)
-    for j, ck in enumerate(col_keys):
-        draw.text((label_w + pad + (lead + j) * (THUMB + pad), 24), _wrap(ck, 24), fill="black", font=font)
-    for i, rk in enumerate(row_keys):
-        y = 24 + header_h + i * (THUMB + pad)
-        if rows:
-            draw.text((pad, y + THUMB // 2 - 8), _wrap(str(rk), 15), fill="black", font=font)
-        if lead:
-            in_row = df[df[rows] == rk] if rows else df
-            rm = next((region_maps[c] for c in in_row["cell_id"] if c in region_maps), None)
-            if rm is not None:
-                _paste(sheet, rm, label_w + pad, y)
-        for j, ck in enumerate(col_keys):
-            x = label_w + pad + (lead + j) * (THUMB + pad)
-            match = df[(df[rows] == rk if rows else True) & (df.apply(col_key, axis=1) == ck)] if len(df) else df
-            if len(match) and match.iloc[0]["cell_id"] in images:
-                _paste(sheet, images[match.iloc[0]["cell_id"]], x, y)
-            else:
-                draw.rectangle([x, y, x + THUMB, y + THUMB], fill=(230, 230, 230))
-                status = match.iloc[0]["status"] if len(match) else "missing"
-                draw.text((x + 8, y + THUMB // 2 - 8), status, fill=(160, 0, 0), font=font)
+
+    def tile(rk, ck) -> Path | str:
+        match = df[(df[rows] == rk if rows else True) & (df.apply(col_key, axis=1) == ck)] if len(df) else df
+        if len(match) and match.iloc[0]["cell_id"] in images:
+            return images[match.iloc[0]["cell_id"]]
+        return match.iloc[0]["status"] if len(match) else "missing"
+
+    def region_map(rk) -> Path | None:
+        in_row = df[df[rows] == rk] if rows else df
+        return next((region_maps[c] for c in in_row["cell_id"] if c in region_maps), None)
+
+    sheet = sheets.grid([[tile(rk, ck) for ck in col_keys] for rk in row_keys], title, col_keys,
+                        [str(rk) for rk in row_keys] if rows else None,
+                        lead=("region map", [region_map(rk) for rk in row_keys]) if region_maps else None,
+                        thumb=THUMB)
     return save_image(sheet, path)
-
-
-def _paste(sheet: Image.Image, src: Path, x: int, y: int) -> None:
-    """One image fitted (enlarged too) and centred in the THUMB tile at (x, y)."""
-    with Image.open(src) as im:
-        im = im.convert("RGB")
-        scale = THUMB / max(im.size)
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
-    sheet.paste(im, (x + (THUMB - im.width) // 2, y + (THUMB - im.height) // 2))
-
-
-def _wrap(s: str, width: int) -> str:
-    return s if len(s) <= width else s[:width] + "\n" + s[width : 2 * width]
 
 
 def build_report(grid: str, exp_id: str, out_dir: Path, cell_ids: list[str] | None = None,
