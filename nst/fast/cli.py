@@ -99,17 +99,22 @@ def _add_train(sub) -> None:
 
 
 #: `nst train` flags that are `TrainConfig` fields one to one: type, choices, default and help come from
-#: the model (`add_train_flags`), so the CLI never restates a default.
+#: the model (`add_train_flags`), so the CLI restates no default but the two of `TRAIN_CLI_DEFAULTS`.
 TRAIN_FLAGS = (
     "size", "style_size", "batch_size", "steps", "lr", "content_weight", "style_weight", "tv_weight", "backbone",
     "weights", "pooling", "content_layers", "style_layers", "norm", "width", "seed", "device", "precision",
     "workers", "val_image", "val_every", "checkpoint_every",
 )
-#: Where `nst train` wants more than the library's defaults: evolution images and checkpoints of a long run.
-TRAIN_CLI_DEFAULTS = {"val_every": 100, "checkpoint_every": 500}
+#: The only flags whose default is not `TrainConfig`'s, each with the reason `--help` gives for it.
+#: TrainConfig's 0 (only at the end) suits a library call and a grid cell's short training (whose
+#: `nst.options.TrainOptions` sets its own val_every); an `nst train` run is a long one.
+TRAIN_CLI_DEFAULTS = {
+    "val_every": (100, "a tracked run logs its evolution to MLflow"),
+    "checkpoint_every": (500, "a killed run resumes from its last checkpoint, not from step 0"),
+}
 #: Help for fields without a description in `TrainConfig`.
 TRAIN_HELP = {"weights": "backbone weights file", "seed": "network initialisation and sample order",
-              "val_every": "log the stylised validation image every N steps"}
+              "checkpoint_every": "write the checkpoint every N steps (0: only at the end)"}
 
 
 def add_train_flags(p: argparse.ArgumentParser, fields: tuple[str, ...] = TRAIN_FLAGS) -> None:
@@ -129,8 +134,11 @@ def add_train_flags(p: argparse.ArgumentParser, fields: tuple[str, ...] = TRAIN_
         elif get_origin(kind) is tuple:
             extra["nargs"] = "+"
             kind = get_args(kind)[0]
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=TRAIN_CLI_DEFAULTS.get(name, info.default),
-                       help=TRAIN_HELP.get(name) or info.description or name.replace("_", " "), **extra)
+        default, help_ = info.default, TRAIN_HELP.get(name) or info.description or name.replace("_", " ")
+        if name in TRAIN_CLI_DEFAULTS:
+            default, why = TRAIN_CLI_DEFAULTS[name]
+            help_ += f"; not TrainConfig's {info.default}, so that {why}"
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=help_, **extra)
 
 
 def train_configs(args: argparse.Namespace) -> list[dict]:
