@@ -318,6 +318,26 @@ def stylize_batch(
     net = loss_network(config)
     samples = [_sample(job, cfg, net) for job, cfg in zip(jobs, configs)]
     _check_batchable(samples)
+    plan, schedule, tile_plans = _schedule(samples, config, net)
+    if any(tile_plans) and len(samples) > 1:  # a tiled scale optimises one image at a time
+        return [stylize_batch([j], log_every=log_every, image_every=image_every, cache=cache)[0] for j in jobs]
+
+    setup_s = time.perf_counter() - t0
+    opt_start = time.perf_counter()
+    ctx = _RunContext(net, config, cache, 0, sum(n for _, n in schedule) * len(plan), log_every, image_every,
+                      opt_start)
+    target_s = _optimise_stages(samples, ctx, plan, schedule, tile_plans, max_batch_pixels)
+    if net.device.type == "cuda":
+        torch.cuda.synchronize(net.device)
+    opt_s = (time.perf_counter() - opt_start - target_s) / len(samples)
+    shared = {"setup_s": setup_s / len(samples), "targets_s": target_s / len(samples), "optimize_s": opt_s,
+              "total_s": (time.perf_counter() - t0) / len(samples)}
+    tiled = [list(p.hw) for p in tile_plans if p is not None]
+    return [_result(smp, net, shared, len(samples), cache, tiled) for smp in samples]
+
+
+def _schedule(samples: list[_Sample], config: StyleConfig, net: LossNetwork):
+    """The batch's style stages, its scales ((h, w), steps) and each scale's tile plan (None: untiled)."""
     # Style stages: one per style in sequential mode (then every job has as many styles, see `batch_key`),
     # else one with all of a job's styles.
     sequential = config.multi_style == "sequential" and len(samples[0].styles) > 1
@@ -330,13 +350,12 @@ def stylize_batch(
     if any(tile_plans):
         for smp in samples:
             tiling.check_tileable(smp.config, extra_terms=smp.job.extra_terms, style_masks=smp.job.style_masks)
-        if len(samples) > 1:  # a tiled scale optimises one image at a time
-            return [stylize_batch([j], log_every=log_every, image_every=image_every, cache=cache)[0] for j in jobs]
+    return plan, schedule, tile_plans
 
-    setup_s = time.perf_counter() - t0
-    opt_start = time.perf_counter()
-    ctx = _RunContext(net, config, cache, 0, sum(n for _, n in schedule) * len(plan), log_every, image_every,
-                      opt_start)
+
+def _optimise_stages(samples: list[_Sample], ctx: _RunContext, plan: list, schedule: list, tile_plans: list,
+                     max_batch_pixels: int | None) -> float:
+    """Every style stage at every scale, coarse to fine; returns the seconds spent on targets."""
     target_s = 0.0
     for stage_idx, style_ids in enumerate(plan):
         ctx.stage = stage_idx
@@ -348,13 +367,7 @@ def stylize_batch(
             _optimise_scale(samples, ctx, hw, n_steps, max_batch_pixels)
         for smp in samples:
             smp.current = _finish(smp.x, smp.stage.chroma_source)
-    if net.device.type == "cuda":
-        torch.cuda.synchronize(net.device)
-    opt_s = (time.perf_counter() - opt_start - target_s) / len(samples)
-    shared = {"setup_s": setup_s / len(samples), "targets_s": target_s / len(samples), "optimize_s": opt_s,
-              "total_s": (time.perf_counter() - t0) / len(samples)}
-    tiled = [list(p.hw) for p in tile_plans if p is not None]
-    return [_result(smp, net, shared, len(samples), cache, tiled) for smp in samples]
+    return target_s
 
 
 def _sample(job: StyleJob, cfg: StyleConfig, net: LossNetwork) -> _Sample:

@@ -137,10 +137,8 @@ def write_video(
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=dest.suffix, dir=dest.parent)
     os.close(fd)
     rate = Fraction(fps).limit_denominator(1001)
-    count = 0
     try:
         with av.open(tmp, "w") as out:
-            stream = None
             src = None
             src_audio = out_audio = None
             if audio_from is not None and Path(audio_from).is_file():
@@ -149,30 +147,9 @@ def write_video(
                     src_audio = src.streams.audio[0]
                     out_audio = out.add_stream_from_template(src_audio)
             try:
-                for frame in frames:
-                    arr = (frame[0].clamp(0, 1).permute(1, 2, 0).mul(255).add(0.5).byte().cpu().numpy())
-                    if stream is None:
-                        stream = out.add_stream("libx264", rate=rate)
-                        stream.height, stream.width = arr.shape[:2]
-                        stream.pix_fmt = "yuv420p"
-                        stream.options = {"crf": str(crf)}
-                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-                    for packet in stream.encode(vf):
-                        out.mux(packet)
-                    count += 1
-                if stream is None:
-                    raise NSTError(f"{dest}: no frames to write")
-                for packet in stream.encode():
-                    out.mux(packet)
+                count = _encode_frames(out, frames, rate, crf, dest)
                 if src_audio is not None:
-                    duration = count / rate
-                    for packet in src.demux(src_audio):
-                        if packet.dts is None:
-                            continue
-                        if packet.pts is not None and packet.pts * packet.time_base >= duration:
-                            break
-                        packet.stream = out_audio
-                        out.mux(packet)
+                    _copy_audio(src, src_audio, out, out_audio, count / rate)
             finally:
                 if src is not None:
                     src.close()
@@ -181,6 +158,41 @@ def write_video(
         Path(tmp).unlink(missing_ok=True)
         raise
     return count
+
+
+def _encode_frames(out, frames: Iterable[torch.Tensor], rate: Fraction, crf: int, dest: Path) -> int:
+    """The frames as a new H.264 stream of `out` (sized by the first frame), flushed; returns their count."""
+    import av
+
+    stream = None
+    count = 0
+    for frame in frames:
+        arr = (frame[0].clamp(0, 1).permute(1, 2, 0).mul(255).add(0.5).byte().cpu().numpy())
+        if stream is None:
+            stream = out.add_stream("libx264", rate=rate)
+            stream.height, stream.width = arr.shape[:2]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+        for packet in stream.encode(vf):
+            out.mux(packet)
+        count += 1
+    if stream is None:
+        raise NSTError(f"{dest}: no frames to write")
+    for packet in stream.encode():
+        out.mux(packet)
+    return count
+
+
+def _copy_audio(src, src_audio, out, out_audio, duration: Fraction) -> None:
+    """The packets of `src_audio` that start within the video's `duration` (seconds), into `out_audio`."""
+    for packet in src.demux(src_audio):
+        if packet.dts is None:
+            continue
+        if packet.pts is not None and packet.pts * packet.time_base >= duration:
+            break
+        packet.stream = out_audio
+        out.mux(packet)
 
 
 def count_frames(path: str | os.PathLike) -> int:
