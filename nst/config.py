@@ -21,7 +21,8 @@ MultiStyle = Literal["blend", "sequential"]
 StyleLossKind = Literal["gram", "meancov"]
 
 #: The default coarse-to-fine schedule: 40 L-BFGS steps at a quarter of the size, 20 at half, then
-#: `steps` (10) at the full size, with style weight 12.  Chosen by benchmarks/time_to_quality.py (docs/performance.md, "Time to quality").
+#: `steps` (10) at the full size, with style weight 12.  Chosen by benchmarks/time_to_quality.py
+#: (docs/performance.md, "Time to quality").
 DEFAULT_SCALES = ((0.25, 40), (0.5, 20))
 #: Plain Gatys et al. (one scale, average pooling, 500 full-size steps): the seed reports' setting.
 PLAIN_GATYS = {"scales": None, "scale_detail": False, "pooling": "avg", "steps": 500, "style_weight": 20.0}

@@ -207,7 +207,8 @@ def convert_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if unexpected or missing:
         what = f"unexpected key {unexpected[0]}" if unexpected else f"missing key {missing[0]}"
         raise WeightsError(
-            f"{NAME}: not an EfficientNet-Lite0 state dict ({len(missing)} missing, {len(unexpected)} unexpected; {what})"
+            f"{NAME}: not an EfficientNet-Lite0 state dict ({len(missing)} missing, {len(unexpected)} unexpected; "
+            f"{what})"
         )
     return {m[k]: v for k, v in state.items()}
 

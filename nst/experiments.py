@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import backbones
 from .config import StyleConfig, make_config
 from .errors import ConfigError, NSTError
-from .options import OPTION_KEYS, PATH_KEYS, parse_option, resolve as resolve_options
+from .options import OPTION_KEYS, PATH_KEYS, parse_option
+from .options import resolve as resolve_options
 
 #: Keys that are not StyleConfig fields but may appear in settings, axes and include entries.
 CELL_KEYS = ("content", "style", "weights", "backbone_weights", "method", "regions", "coco", "region_styles")

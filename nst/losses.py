@@ -125,7 +125,8 @@ class MeanCovLoss(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         mc = mean_cov(features)
         c = mc.shape[1]
-        return relative_error(mc[..., :c], self.cov, self.cov_norm) + relative_error(mc[..., c:], self.mean, self.mean_norm)
+        return (relative_error(mc[..., :c], self.cov, self.cov_norm)
+                + relative_error(mc[..., c:], self.mean, self.mean_norm))
 
 
 STYLE_STATISTICS = {"gram": gram_matrix, "meancov": mean_cov}

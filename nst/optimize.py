@@ -501,7 +501,8 @@ def _prepare_sample(smp: _Sample, stage_idx: int, style_ids: list[int], hw: tupl
 
 
 
-def _prepare_stage(content: torch.Tensor, styles: list[torch.Tensor], blend: list[float], config: StyleConfig) -> _Stage:
+def _prepare_stage(content: torch.Tensor, styles: list[torch.Tensor], blend: list[float],
+                   config: StyleConfig) -> _Stage:
     """Apply colour preservation to the inputs of one optimisation stage."""
     if config.preserve_color == "luminance":
         cy = color.luminance(content)

@@ -75,8 +75,9 @@ class TrainOptions(BaseModel):
 
     def check_training(self, where: dict[str, str], what: str, config, n_styles: int) -> None:
         if not self.model and not self.train_images:
-            raise ConfigError(f"{where.get('mode', where['method'])}: a feed-forward network needs train_images (a folder of training "
-                              f"images, e.g. COCO's train2014/) or model (a trained network file) ({what})")
+            raise ConfigError(f"{where.get('mode', where['method'])}: a feed-forward network needs train_images "
+                              f"(a folder of training images, e.g. COCO's train2014/) or model (a trained network "
+                              f"file) ({what})")
         if config.multi_style == "sequential":
             raise ConfigError(f"{where['style']}: a feed-forward network cannot apply styles one after another "
                               f"(mode: sequential); use a blend ({what})")
@@ -203,7 +204,8 @@ def check_content(method: str, content: Path, where: str, what: str) -> None:
                 raise ConfigError(f"{where}: folder '{content.name}' has {n} frame image(s); a clip needs at least "
                                   f"2 ({', '.join(FRAME_SUFFIXES)}) ({what})")
     elif is_clip:
-        raise ConfigError(f"{where}: '{content.name}' is a clip ({'folder of frames' if content.is_dir() else 'video'}); "
+        kind = "folder of frames" if content.is_dir() else "video"
+        raise ConfigError(f"{where}: '{content.name}' is a clip ({kind}); "
                           f"only method {'/'.join(CLIP_METHODS)} takes clips, method '{method}' needs an image "
                           f"file ({what})")
 

@@ -160,7 +160,8 @@ def cover(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return big[..., top : top + hw[0], left : left + hw[1]]
 
 
-def stitched_style(content: torch.Tensor, labels: torch.Tensor, per_label: Sequence[torch.Tensor | None]) -> torch.Tensor:
+def stitched_style(content: torch.Tensor, labels: torch.Tensor,
+                   per_label: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """One style image with the content's layout: each region filled with its style's texture
     (content pixels where the region is ``keep``)."""
     hw = tuple(content.shape[-2:])

@@ -98,7 +98,8 @@ def work_size(width: int, height: int, size: int | None) -> tuple[int, int]:
     return max(2, height - height % 2), max(2, width - width % 2)
 
 
-def read_frames(path: str | os.PathLike, size: int | None = None, max_frames: int | None = None) -> Iterator[torch.Tensor]:
+def read_frames(path: str | os.PathLike, size: int | None = None,
+                max_frames: int | None = None) -> Iterator[torch.Tensor]:
     """Frames as ``[1, 3, H, W]`` float tensors in [0, 1] (a video file, or a folder of frame images)."""
     p = Path(path)
     if p.is_dir():
@@ -305,7 +306,8 @@ def consistency_mask(flow_back: torch.Tensor, flow_fwd: torch.Tensor) -> torch.T
     return (~(occluded | boundary)).float().unsqueeze(1)
 
 
-def warping_error(stylised: torch.Tensor, prev_stylised: torch.Tensor, flow_back: torch.Tensor, mask: torch.Tensor) -> float:
+def warping_error(stylised: torch.Tensor, prev_stylised: torch.Tensor, flow_back: torch.Tensor,
+                  mask: torch.Tensor) -> float:
     """Masked MSE between a stylised frame and the previous stylised frame warped into it."""
     return float(TemporalLoss(warp(prev_stylised, flow_back), mask)(stylised))
 
@@ -415,8 +417,8 @@ class FrameStylizer:
                             "flow": getattr(self.flow, "name", "custom")})
 
 
-def stylize_frames(frames: Iterable[torch.Tensor], stylizer: FrameStylizer, sink: Callable[[torch.Tensor], None] | None = None,
-                   progress=None) -> VideoResult:
+def stylize_frames(frames: Iterable[torch.Tensor], stylizer: FrameStylizer,
+                   sink: Callable[[torch.Tensor], None] | None = None, progress=None) -> VideoResult:
     """Run `stylizer` over `frames`, handing each output to `sink`; returns the warping-error summary."""
     t0 = time.perf_counter()
     try:
@@ -460,7 +462,8 @@ def stylize_video(
     return res
 
 
-def film_strip(inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], n: int = 4, gap: int = 2) -> torch.Tensor:
+def film_strip(inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], n: int = 4,
+               gap: int = 2) -> torch.Tensor:
     """`n` evenly spaced frames side by side: the input frames on top, the stylised ones below."""
     if not outputs:
         raise NSTError("film strip: no frames")

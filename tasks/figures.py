@@ -264,7 +264,8 @@ def machine() -> str:
     import torch
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {dev}, torch {torch.__version__}"
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {dev}, "
+            f"torch {torch.__version__}")
 
 
 # --------------------------------------------------------------------------- REPORT.md

@@ -131,9 +131,8 @@ def start_system_metrics(run_id: str, tracking_uri: str, interval: float | None 
         return None
 
     try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
         import psutil
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         psutil.cpu_percent()  # psutil's first reading is a meaningless 0.0: start the monitor's interval here

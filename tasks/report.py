@@ -85,7 +85,8 @@ def cell_table(exp_id: str, cell_ids: list[str] | None = None) -> tuple[pd.DataF
     df = pd.DataFrame(rows).sort_values("cell").reset_index(drop=True)
     metric_cols = [c for c in df.columns if c not in ("cell", "cell_id", "status", "method", "backbone",
                                                     "weights_source", "device", "error", "run_id", *axes)]
-    metric_cols = [c for c in METRIC_ORDER if c in metric_cols] + sorted(c for c in metric_cols if c not in METRIC_ORDER)
+    metric_cols = ([c for c in METRIC_ORDER if c in metric_cols]
+                   + sorted(c for c in metric_cols if c not in METRIC_ORDER))
     df = df.dropna(axis=1, how="all") if len(df) else df
     tail = [t for t in ("method", "backbone", "weights_source", "device", "error", "run_id") if t not in axes]
     order = ["cell", "cell_id", "status", *axes, *[c for c in metric_cols if c in df], *tail]
@@ -215,6 +216,6 @@ def build_report(grid: str, exp_id: str, out_dir: Path, cell_ids: list[str] | No
         df, axes, images, rows, cols, out_dir / "contact_sheet.png", f"grid {grid}: {len(df)} cells", region_maps
     )
     if parent_run_id:
-        for name, p in rep.files.items():
+        for p in rep.files.values():
             c.log_artifact(parent_run_id, str(p), "report")
     return rep

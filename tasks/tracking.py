@@ -160,7 +160,8 @@ def live_claims(exp_id: str) -> dict[str, str]:
     c = client()
     now = time.time()
     runs = retrying(c.search_runs, [exp_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
-    return {r.data.tags["cell_id"]: r.info.run_id for r in runs if r.data.tags.get("cell_id") and _claim_is_live(r, now)}
+    return {r.data.tags["cell_id"]: r.info.run_id for r in runs
+            if r.data.tags.get("cell_id") and _claim_is_live(r, now)}
 
 
 def close_abandoned_runs(exp_id: str) -> list[str]:
@@ -382,7 +383,8 @@ def log_artifacts(run_id: str, local_dir: str | Path, artifact_path: str | None 
 
 
 def log_batch(run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
-              tags: dict[str, Any] | None = None, step_metrics: list[tuple[int, dict[str, float]]] | None = None) -> None:
+              tags: dict[str, Any] | None = None,
+              step_metrics: list[tuple[int, dict[str, float]]] | None = None) -> None:
     """Everything in as few `log_batch` calls as MLflow's limits allow (not one call per step)."""
     c = client()
     now = int(time.time() * 1000)

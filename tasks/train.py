@@ -89,7 +89,8 @@ def train_logged(config, run_id: str, tmp: Path, progress: bool = True, *, on_st
 
     def _on_step(info: TrainStep) -> None:
         bar.update(info.step - bar.n)
-        pending.append((info.step, {**{f"loss_{k}": v for k, v in info.losses.items()}, "images_per_s": info.images_per_s}))
+        pending.append((info.step, {**{f"loss_{k}": v for k, v in info.losses.items()},
+                                    "images_per_s": info.images_per_s}))
         if info.val_image is not None:
             frames.append((info.step, info.val_image))
             path = save_image(info.val_image, tmp / "evolution" / f"step_{info.step:06d}.png")
@@ -109,7 +110,8 @@ def train_logged(config, run_id: str, tmp: Path, progress: bool = True, *, on_st
         tracking.log_batch(run_id, step_metrics=pending)
     metrics = {k: float(v) for k, v in res.timings.items()}
     if res.history:
-        metrics.update({f"final_{k}": v for k, v in res.history[-1].items() if k not in ("step", "time", "style_index")})
+        metrics.update({f"final_{k}": v for k, v in res.history[-1].items()
+                        if k not in ("step", "time", "style_index")})
     tracking.log_batch(run_id, metrics=metrics, tags={"weights_source": res.info["weights_source"],
                                                       "precision": res.info["precision"]})
     art = tmp / "artifacts"
@@ -135,7 +137,8 @@ def _log_mlflow_model(net, run_id: str, path: Path) -> None:
     """The network as an MLflow pytorch model (loadable with `mlflow.pytorch.load_model`)."""
     import mlflow.pytorch
 
-    mlflow.pytorch.save_model(net.cpu().eval(), str(path), serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    mlflow.pytorch.save_model(net.cpu().eval(), str(path), serialization_format="pickle",
+                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                               code_paths=[str(Path(__file__).resolve().parents[1] / "nst")])
     tracking.client().log_artifacts(run_id, str(path), "mlflow_model")
 

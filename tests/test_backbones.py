@@ -33,7 +33,8 @@ def test_vgg19_recognises_structure_better_than_random_weights(content48) -> Non
     bb = backbones.get_backbone("vgg19", "max")
     ex = FeatureExtractor(bb, ["relu4_2"])
     img = content48
-    shuffled = img.flatten(2)[..., torch.randperm(img[0, 0].numel(), generator=torch.Generator().manual_seed(0))].view_as(img)
+    order = torch.randperm(img[0, 0].numel(), generator=torch.Generator().manual_seed(0))
+    shuffled = img.flatten(2)[..., order].view_as(img)
     base = ex(img)["relu4_2"]
     d_bright = (ex((img * 1.05).clamp(0, 1))["relu4_2"] - base).norm()
     d_shuffle = (ex(shuffled)["relu4_2"] - base).norm()

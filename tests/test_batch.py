@@ -58,7 +58,7 @@ def test_batch_lbfgs_follows_torch_lbfgs_per_sample(history: int) -> None:
         ref = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=history, tolerance_grad=0.0,
                                 tolerance_change=0.0)
 
-        def closure():
+        def closure(ref=ref, x=x, i=i):  # bound: LBFGS calls it within this iteration only
             ref.zero_grad()
             loss = _rosenbrock(x, a[i: i + 1]).sum()
             loss.backward()

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -48,7 +47,8 @@ def grid(tmp_path_factory, prefect_server) -> dict:
         (root / "exp.yaml").write_text(GRID)
         # an experiment from before nst set the kind tag: the next grid run tags it
         old = tracking.client().create_experiment(
-            tracking.experiment_name("views"), artifact_location=(settings.nst_home() / "mlartifacts" / "views").as_uri())
+            tracking.experiment_name("views"),
+            artifact_location=(settings.nst_home() / "mlartifacts" / "views").as_uri())
         assert "mlflow.experimentKind" not in tracking.client().get_experiment(old).tags
         flow = grid_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
         out = flow(str(root / "exp.yaml"), "views", devices=["cpu"], progress=False, reports_dir=str(root / "reports"))

@@ -19,8 +19,10 @@ import pytest
 import yaml
 
 from nst.data import image
-from services import free_port as _free_port, psycopg as _psycopg, \
-    psycopg2_connect, start_process, stop_processes, wait_http as _wait_http
+from services import free_port as _free_port
+from services import psycopg as _psycopg
+from services import psycopg2_connect, start_process, stop_processes
+from services import wait_http as _wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 

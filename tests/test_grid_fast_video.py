@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from conftest import isolated_tracking
 import torch
 
+from conftest import isolated_tracking
 from nst.errors import ConfigError
 from nst.experiments import load_grid
 

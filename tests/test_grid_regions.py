@@ -112,7 +112,8 @@ grids:
 def _error(d: Path, content: str, extra: str) -> str:
     from nst.methods import METHODS  # the real registry: region methods are registered there
 
-    (d / "exp.yaml").write_text(REGION_BASE.format(content=content, extra=textwrap.indent(textwrap.dedent(extra), "    ")))
+    extra = textwrap.indent(textwrap.dedent(extra), "    ")
+    (d / "exp.yaml").write_text(REGION_BASE.format(content=content, extra=extra))
     with pytest.raises(ConfigError) as ei:
         load_grid(d / "exp.yaml", "g", METHODS)
     return str(ei.value)
@@ -125,7 +126,8 @@ def _error(d: Path, content: str, extra: str) -> str:
         ("tubingen.jpg", "axes: {method: [gatys, guided-gram], style: [starry_night.jpg]}",
          "grids.g.axes.method[1]: region method 'guided-gram' needs regions and region_styles"),
         # a missing mask file / an unknown region spec form
-        ("tubingen.jpg", "axes:\n  method: [stitched]\n  regions: [mask.png]\n  region_styles: [{background: starry_night.jpg}]",
+        ("tubingen.jpg", "axes:\n  method: [stitched]\n  regions: [mask.png]\n"
+                         "  region_styles: [{background: starry_night.jpg}]",
          "grids.g.axes.regions[0]: region spec 'mask.png' is neither coco:CATEGORY, person, deeplab[:CLASS,...] "
          "nor an existing mask file"),
         ("tubingen.jpg", "axes:\n  method: [stitched]\n  regions: ['segformer:person']\n"

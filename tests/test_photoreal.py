@@ -10,7 +10,13 @@ import torch
 
 from nst import StyleConfig, stylize
 from nst.photoreal import (
-    DEFAULT_EPSILON, PhotorealLoss, laplacian_for, matting_laplacian, photoreal_energy, quadratic_form, to_torch,
+    DEFAULT_EPSILON,
+    PhotorealLoss,
+    laplacian_for,
+    matting_laplacian,
+    photoreal_energy,
+    quadratic_form,
+    to_torch,
 )
 
 #: Numeric assertions: .ci/run runs these again as an AVX2-only CPU would (oneDNN/ATen capped).

@@ -102,7 +102,8 @@ def test_config_errors_name_the_field() -> None:
     with pytest.raises(ConfigError, match="colour: unknown key"):
         make_config(colour="x")
     with pytest.raises(ConfigError, match="unknown style layer 'relu9_1'"):
-        stylize(torch.rand(1, 3, 32, 32), [torch.rand(1, 3, 32, 32)], StyleConfig(size=32, steps=1, style_layers=("relu9_1",)))
+        stylize(torch.rand(1, 3, 32, 32), [torch.rand(1, 3, 32, 32)],
+                StyleConfig(size=32, steps=1, style_layers=("relu9_1",)))
 
 
 def test_shared_targets_are_computed_once(content48, starry48) -> None:

@@ -62,7 +62,8 @@ def test_tiled_gradient_equals_untiled(content48, starry48) -> None:
     # targets computed tile by tile equal the whole image's
     tiled_loss, _ = _loss_and_extractor(cfg, content, style, plan)
     for k, m in loss_fn.style[0].items():
-        assert torch.allclose(tiled_loss.style[0][k].target, m.target, rtol=1e-5, atol=1e-6 * float(m.target.abs().max()))
+        assert torch.allclose(tiled_loss.style[0][k].target, m.target, rtol=1e-5,
+                              atol=1e-6 * float(m.target.abs().max()))
     ct = loss_fn.content["relu3_1"].target
     assert torch.allclose(tiled_loss.content["relu3_1"].target, ct, rtol=1e-5, atol=1e-6 * float(ct.abs().max()))
 
@@ -184,7 +185,8 @@ def test_estimate_grows_with_size_and_tiles_under_a_small_budget() -> None:
 
 def test_bad_budgets_and_sizes_are_one_line_errors(capsys) -> None:
     cfg = make_config(device="cpu", max_memory="200MB", size=64, steps=1, scales=None)
-    with pytest.raises(ConfigError, match=r"max_memory 200 MB cannot hold a 64x48 run: untiled needs ~.* smallest tile"):
+    with pytest.raises(ConfigError,
+                       match=r"max_memory 200 MB cannot hold a 64x48 run: untiled needs ~.* smallest tile"):
         stylize(torch.rand(1, 3, 48, 64), [torch.rand(1, 3, 48, 64)], cfg)
     from nst.data import image
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from conftest import isolated_tracking
 import torch
 
+from conftest import isolated_tracking
 from nst.data import image
 
 COCO = Path("/work/shared/data/coco")

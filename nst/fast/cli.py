@@ -74,7 +74,8 @@ def cmd_fast(args: argparse.Namespace) -> int:
         out = stylize_file(stylizer, args.content, args.out, args.size)
         print(f"saved {out} in {time.perf_counter() - t:.2f}s on {stylizer.device}")
     else:
-        written = stylize_folder(stylizer, args.in_dir, args.out_dir, args.size, progress=lambda x: tqdm(x, desc="fast"))
+        written = stylize_folder(stylizer, args.in_dir, args.out_dir, args.size,
+                                 progress=lambda x: tqdm(x, desc="fast"))
         print(f"saved {len(written)} images to {args.out_dir} in {time.perf_counter() - t:.2f}s on {stylizer.device}")
     return 0
 
@@ -87,7 +88,8 @@ def _add_train(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--style", action="append", required=True, help="style image (repeat for several)")
     p.add_argument("--multi", action="store_true",
-                   help="one network for all --style images (conditional instance norm); default: one network per style")
+                   help="one network for all --style images (conditional instance norm); "
+                        "default: one network per style")
     p.add_argument("--coco", help="COCO annotation JSON (e.g. annotations/instances_train2014.json)")
     p.add_argument("--images", required=True, help="image folder (COCO's train2014/, or any folder without --coco)")
     p.add_argument("--out-dir", default="models", help="where the model files go (<style>.pt)")
@@ -228,7 +230,8 @@ def _add_video(sub) -> None:
     p.add_argument("--style-weight", type=float, default=20.0)
     p.add_argument("--temporal-weight", type=float, default=200.0, help="optim: weight of Ruder's temporal loss")
     p.add_argument("--no-temporal", action="store_true", help="optim: independent frames (the flickering baseline)")
-    p.add_argument("--flow", choices=("dis", "raft"), default="dis", help="optical flow: OpenCV DIS or torchvision RAFT")
+    p.add_argument("--flow", choices=("dis", "raft"), default="dis",
+                   help="optical flow: OpenCV DIS or torchvision RAFT")
     p.add_argument("--flow-weights", help="RAFT weights file (default: the torch hub cache)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     p.add_argument("--device", default="auto")

@@ -59,7 +59,8 @@ class Stylizer:
         return y.contiguous()
 
 
-def stylize_file(stylizer: Stylizer, content: str | os.PathLike, out: str | os.PathLike, size: int | None = None) -> Path:
+def stylize_file(stylizer: Stylizer, content: str | os.PathLike, out: str | os.PathLike,
+                 size: int | None = None) -> Path:
     image = load_image(content, size=size)
     return save_image(stylizer(image), out)
 
