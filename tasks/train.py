@@ -108,6 +108,15 @@ def train_logged(config, run_id: str, tmp: Path, progress: bool = True, *, on_st
         bar.close()
     if pending:
         tracking.log_batch(run_id, step_metrics=pending)
+    _log_outcome(client, run_id, config, res, frames, tmp)
+    if mlflow_model:
+        _log_mlflow_model(res.net, run_id, tmp / "mlflow_model")
+    return res
+
+
+def _log_outcome(client, run_id: str, config, res: TrainResult, frames: list[tuple[int, torch.Tensor]],
+                 tmp: Path) -> None:
+    """After training: the timings and final losses, `evolution.png`, `loss_curve.png` and `model/`."""
     metrics = {k: float(v) for k, v in res.timings.items()}
     if res.history:
         metrics.update({f"final_{k}": v for k, v in res.history[-1].items()
@@ -128,9 +137,6 @@ def train_logged(config, run_id: str, tmp: Path, progress: bool = True, *, on_st
     (model_dir / "config.json").write_text(json.dumps({"train": config.model_dump(mode="json"), "info": res.info,
                                                        "timings": res.timings}, indent=1, default=str))
     client.log_artifacts(run_id, str(art))
-    if mlflow_model:
-        _log_mlflow_model(res.net, run_id, tmp / "mlflow_model")
-    return res
 
 
 def _log_mlflow_model(net, run_id: str, path: Path) -> None:
