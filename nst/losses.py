@@ -78,9 +78,15 @@ class ContentLoss(nn.Module):
 
     def __init__(self, target: torch.Tensor) -> None:
         super().__init__()
+        self.register_buffer("target", None)
+        self.register_buffer("norm", None)
+        self.retarget(target)
+
+    def retarget(self, target: torch.Tensor) -> None:
+        """A new target of the same layer (feed-forward training: each batch has its own content)."""
         t = target.detach().float()
-        self.register_buffer("target", t)
-        self.register_buffer("norm", t.pow(2).mean().clamp_min(EPS))
+        self.target = t
+        self.norm = t.pow(2).mean().clamp_min(EPS)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return relative_error(features, self.target, self.norm)
@@ -212,6 +218,14 @@ class PerceptualLoss(nn.Module):
 
     def add_term(self, name: str, weight: float, term: nn.Module) -> None:
         self.extra.append((name, weight, term))
+
+    def set_content_targets(self, targets: Mapping[str, torch.Tensor]) -> None:
+        """Swap the content targets (same layers), keeping the style targets: one loss object serves
+        every batch of a feed-forward training, so a compiled version of it is compiled once."""
+        if set(targets) != set(self.content.keys()):
+            raise ValueError(f"content targets for {sorted(targets)}, the loss has {sorted(self.content.keys())}")
+        for layer, loss in self.content.items():
+            loss.retarget(targets[layer])
 
     def forward(
         self, image: torch.Tensor, features: Mapping[str, torch.Tensor]
