@@ -68,7 +68,8 @@ class TrainOptions(BaseModel):
     n_residual: int = _train_field("n_residual")
     val_every: int = _train_field("val_every", default=10,
                                   description="stylise the content image every N steps (the evolution)")
-    model: Optional[str] = Field(None, description="a trained model file: apply it, no training")
+    model: Optional[str] = Field(None, description="a trained model file, or a shipped network's name "
+                                 "(`nst models`): apply it, no training")
 
     def train_keys(self) -> set[str]:
         return {"model"} if self.model else set(TrainOptions.model_fields) - {"model"}
@@ -181,12 +182,28 @@ def parse_option(key: str, value: Any, where: str, base: Path) -> tuple[str, Any
         kind = PATH_KEYS[key]
         p = Path(value).expanduser()
         p = p if p.is_absolute() else base / p
+        if key == "model" and not p.is_file():
+            return _shipped_model(value, where, p)
         if not (p.is_dir() if kind == "folder" else p.is_file()):
             raise ConfigError(f"{where}: {key} {kind} '{value}' not found (looked at {p})")
         return p.name if kind == "folder" else p.stem, str(p.resolve())
     if isinstance(value, float) or isinstance(value, int) and not isinstance(value, bool):
         return f"{value:g}", value
     return str(value).lower() if value is None or isinstance(value, bool) else str(value), value
+
+
+def _shipped_model(value: Any, where: str, looked_at: Path) -> tuple[str, str]:
+    """``model: the_scream``: a shipped network by name or alias (`nst models`) when no such file exists."""
+    from .errors import WeightsError
+    from .fast.models import looks_like_path, shipped_model
+
+    if looks_like_path(value):
+        raise ConfigError(f"{where}: model file '{value}' not found (looked at {looked_at})")
+    try:
+        p = shipped_model(str(value))
+    except WeightsError as exc:
+        raise ConfigError(f"{where}: {exc} (looked for a file at {looked_at})") from None
+    return p.stem, str(p.resolve())
 
 
 def check_content(method: str, content: Path, where: str, what: str) -> None:

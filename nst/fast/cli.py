@@ -17,6 +17,7 @@ def add_commands(sub) -> None:
     _add_fast(sub)
     _add_train(sub)
     _add_video(sub)
+    _add_models(sub)
 
 
 def _style_choice(p: argparse.ArgumentParser) -> None:
@@ -37,7 +38,8 @@ def _choice(args) -> int | list[float] | None:
 def _add_fast(sub) -> None:
     p = sub.add_parser("fast", help="stylise images with a trained feed-forward network",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="model file written by `nst train`")
+    p.add_argument("--model", required=True,
+                   help="model file written by `nst train`, or a shipped network's name (see `nst models`)")
     p.add_argument("--content", help="content image")
     p.add_argument("--out", help="output image (PNG)")
     p.add_argument("--in-dir", help="stylise every image of this folder ...")
@@ -217,7 +219,7 @@ def _add_video(sub) -> None:
     p.add_argument("--in", dest="src", required=True, help="video file, or a folder of frame images")
     p.add_argument("--out", required=True, help="output video (.mp4, .mkv, ...)")
     p.add_argument("--mode", choices=("fast", "optim"), default="fast")
-    p.add_argument("--model", help="fast mode: model file from `nst train`")
+    p.add_argument("--model", help="fast mode: model file from `nst train`, or a shipped network's name")
     _style_choice(p)
     p.add_argument("--style", action="append", help="optim mode: style image (repeat for several)")
     p.add_argument("--size", type=int, help="longest side to process at (default: the video's)")
@@ -285,3 +287,49 @@ def cmd_video(args: argparse.Namespace) -> int:
               f"temporal warping error {res.warp_error:.5g} ({res.mode}"
               f"{', temporal' if args.mode == 'optim' and not args.no_temporal else ''})")
     return 0
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the pretrained feed-forward networks installed with nst")
+    p.add_argument("--json", action="store_true", help="machine-readable output (with each network's provenance)")
+    p.set_defaults(func=cmd_models)
+
+
+def _hours(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _num(v, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import models_dir, shipped_models
+
+    found = shipped_models()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in found], indent=1))
+        return 0
+    if not found:
+        print(f"no pretrained networks are installed (none in {models_dir()}); train one with `nst train`")
+        return 0
+    rows = [("name", "styles", "MB", "steps", "content", "style", "trained")]
+    for m in found:
+        prov, scores = m.provenance, m.provenance.get("scores") or {}
+        rows.append((m.name, ", ".join(m.styles), f"{m.size / 1e6:.1f}", _num(prov.get("steps"), "d"),
+                     _num(scores.get("content_distance"), ".3f"), _num(scores.get("style_distance"), ".3f"),
+                     _hours(prov.get("wall_s"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print("content/style: the evaluator's distances on validation photos (lower is better); "
+          "use a name with `nst fast --model NAME`")
+    return 0
+

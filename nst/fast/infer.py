@@ -17,6 +17,7 @@ from ..errors import ConfigError, ImageError
 from ..features import autocast_context
 from ..images import load_image, save_image
 from ..runtime import resolve_device
+from .models import resolve_model
 from .network import TransformNet, load_model
 from .train import IMAGE_SUFFIXES
 
@@ -26,7 +27,7 @@ class Stylizer:
 
     def __init__(
         self,
-        model: str | os.PathLike | TransformNet,
+        model: str | os.PathLike | TransformNet,  # a model file, a shipped network's name, or a network
         *,
         style: int | Sequence[float] | None = None,
         preserve_color: bool = False,
@@ -41,9 +42,16 @@ class Stylizer:
         if isinstance(model, TransformNet):
             self.net, self.info = model.eval(), {"styles": [], "meta": {}}
         else:
-            self.net, self.info = load_model(model, "cpu")
+            path = resolve_model(model)  # a file, or a shipped network's name (`nst models`)
+            self.net, self.info = load_model(path, "cpu")
         self.net = self.net.to(self.device).to(memory_format=torch.channels_last).eval()
-        self.style = self.net.style_vector(style if style is not None else 0, self.device)
+        try:
+            self.style = self.net.style_vector(style if style is not None else 0, self.device)
+        except ConfigError as exc:  # name the model and its styles: the line says which file the blend misfits
+            if isinstance(model, TransformNet):
+                raise
+            styles = ", ".join(self.info.get("styles") or []) or "not recorded"
+            raise ConfigError(f"{path}: {exc} (its styles: {styles})") from None
         self.preserve_color = preserve_color
         self.precision = precision
 
