@@ -47,6 +47,8 @@ def _cell(text: str) -> str:
 def _value(action: argparse.Action) -> str:
     if action.nargs == 0:
         return ""
+    if isinstance(action.metavar, tuple):  # one name per value: nargs=2 with ("MODEL", "OUT")
+        return " ".join(f"`{m}`" for m in action.metavar)
     if action.choices is not None:
         one = "\\|".join(str(c) for c in action.choices)
     elif action.metavar is not None:

@@ -18,6 +18,7 @@ def add_commands(sub) -> None:
     _add_train(sub)
     _add_video(sub)
     _add_models(sub)
+    _add_export(sub)
 
 
 def _style_choice(p: argparse.ArgumentParser) -> None:
@@ -289,7 +290,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- models
+# --------------------------------------------------------------------------- models, export
 
 
 def _add_models(sub) -> None:
@@ -333,3 +334,19 @@ def cmd_models(args: argparse.Namespace) -> int:
           "use a name with `nst fast --model NAME`")
     return 0
 
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a feed-forward network for another runtime (ONNX)")
+    p.add_argument("--onnx", nargs=2, required=True, metavar=("MODEL", "OUT"),
+                   help="model file or shipped network's name, and the .onnx file to write (inputs `image` "
+                        "[N,3,H,W] in 0..1 and, for a multi-style network, `style_weights` [S])")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    model, out = args.onnx
+    path = export_onnx(model, out)
+    print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
