@@ -14,7 +14,7 @@ from nst.cli import main
 from nst.data import image
 from nst.errors import ConfigError, WeightsError
 from nst.fast.infer import Stylizer
-from nst.fast.models import MODELS_ENV, pack_model, resolve_model, shipped_models
+from nst.fast.models import MODELS_ENV, pack_model, resolve_model, score, shipped_models
 from nst.fast.network import NetConfig, TransformNet, load_model, save_model
 from nst.fast.train import train
 from nst.images import load_image
@@ -89,7 +89,14 @@ def test_provenance_survives_a_load(trained, tmp_path):
     assert info["meta"]["train_config"]["steps"] == 2  # the training's own meta is kept
     with pytest.raises(ConfigError, match="scores"):
         pack_model(trained, tmp_path / "x.pt", {})
+    with pytest.raises(ConfigError, match="style_distance"):
+        pack_model(trained, tmp_path / "x.pt", {"scores": {"content_distance": 0.5}})
     assert not (tmp_path / "x.pt").exists()
+    # The training's validation scores (TrainResult.scores) as they come.
+    val = {"val_content_distance": 0.7, "val_style_distance": 0.3}
+    _, info = load_model(pack_model(trained, tmp_path / "v.pt", {"scores": val}))
+    assert info["meta"]["provenance"]["scores"] == val
+    assert score(val, "style_distance") == 0.3 and score(SCORES, "style_distance") == 0.42  # what `nst models` shows
 
 
 def test_resolve_by_path_name_and_alias(models, tmp_path, monkeypatch):

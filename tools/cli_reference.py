@@ -72,6 +72,8 @@ def _default(action: argparse.Action) -> str:
     if action.required or d is None or d is False or d is argparse.SUPPRESS or action.nargs == 0:
         return ""
     if isinstance(d, (list, tuple)):
+        if not d:  # an empty default (nargs="+" with default ()): nothing, not ``
+            return ""
         d = " ".join(str(x) for x in d)
     return f"`{d}`"
 

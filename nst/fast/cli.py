@@ -312,7 +312,7 @@ def _num(v, fmt: str) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import models_dir, shipped_models
+    from .models import models_dir, score, shipped_models
 
     found = shipped_models()
     if args.json:
@@ -325,7 +325,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for m in found:
         prov, scores = m.provenance, m.provenance.get("scores") or {}
         rows.append((m.name, ", ".join(m.styles), f"{m.size / 1e6:.1f}", _num(prov.get("steps"), "d"),
-                     _num(scores.get("content_distance"), ".3f"), _num(scores.get("style_distance"), ".3f"),
+                     _num(score(scores, "content_distance"), ".3f"), _num(score(scores, "style_distance"), ".3f"),
                      _hours(prov.get("wall_s"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

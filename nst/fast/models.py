@@ -8,7 +8,8 @@ casts them back to fp32) and ``meta["provenance"]``, everything one needs to kno
     training_data  {"folder", "images", "credit"}: the training photographs and whose they are
     steps, wall_s  training steps and wall time (seconds)
     commit         the nst-lab commit (``git rev-parse HEAD``, "-dirty" with local changes; "unknown")
-    scores         the evaluator's scores on validation photos (at least content_distance, style_distance)
+    scores         the evaluator's scores on validation photos (content_distance and style_distance, or
+                   their val_ names as training reports them; see `score`)
     packed         {"dtype", "source", "date"}
 
 `shipped_models` lists them (`nst models`), `resolve_model` turns a model argument (a file, a shipped
@@ -183,24 +184,33 @@ def _training_data(train_config: Mapping[str, Any]) -> dict:
             "images": n, "credit": f"trained on {n} photographs from {where}, see {LICENSES}"}
 
 
+def score(scores: Mapping[str, Any], key: str) -> float | None:
+    """``scores[key]``, or the training's validation name for it (``val_<key>``, `nst.fast.train`)."""
+    v = scores.get(key, scores.get(f"val_{key}"))
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def _check_scores(scores: Any) -> dict:
     if not isinstance(scores, Mapping):
         raise ConfigError("pack_model: provenance needs 'scores', the evaluator's scores on validation photos "
-                          "(a dict with content_distance and style_distance)")
+                          "(a dict with content_distance and style_distance, or val_content_distance and "
+                          "val_style_distance as TrainResult.scores has them)")
     for k in ("content_distance", "style_distance"):
-        if not isinstance(scores.get(k), (int, float)) or isinstance(scores.get(k), bool):
-            raise ConfigError(f"pack_model: scores['{k}'] must be a number, got {scores.get(k)!r}")
+        if score(scores, k) is None:
+            raise ConfigError(f"pack_model: scores need a number '{k}' (or 'val_{k}'), got {dict(scores)!r}")
     return dict(scores)
 
 
-def pack_model(src: str | os.PathLike, dst: str | os.PathLike, provenance: Mapping[str, Any]) -> Path:
+def pack_model(src: str | os.PathLike, dst: str | os.PathLike, provenance: Mapping[str, Any] | None = None) -> Path:
     """Rewrite the `nst train` model `src` as a shipped network `dst`: fp16 weights, ``meta["provenance"]``.
 
     The provenance is read from the model's own meta (style files, training folder and its image count,
-    steps, ``train_s``) and this checkout's commit; `provenance` must hold ``scores`` (the evaluator's,
-    see `nst.evaluate.Scores.to_dict`) and overrides any derived entry, e.g. ``wall_s`` for a training
-    that resumed over several sittings (the model's ``train_s`` is its last sitting only) or ``commit``
-    when the training ran at another commit.  Written atomically; `src` is left as it is.
+    steps, ``train_s``) and this checkout's commit.  `provenance` adds ``scores``, the evaluator's on
+    validation photos (``content_distance``/``style_distance`` as `nst.evaluate.Scores.to_dict` names
+    them, or ``val_content_distance``/``val_style_distance`` as `nst.fast.train` reports them; required,
+    unless the model's meta has a ``scores`` entry), and overrides any derived entry: ``wall_s`` for a
+    training that resumed over several sittings (the model's ``train_s`` is its last sitting only),
+    ``commit`` when the training ran at another commit.  Written atomically; `src` is left as it is.
     """
     from ..provenance import git_commit
 
@@ -222,7 +232,7 @@ def pack_model(src: str | os.PathLike, dst: str | os.PathLike, provenance: Mappi
     if "training_data" not in given:
         prov["training_data"] = _training_data(cfg)
     prov.update(given)
-    prov["scores"] = _check_scores(prov.get("scores"))
+    prov["scores"] = _check_scores(prov.get("scores", meta.get("scores")))
     prov["packed"] = {"dtype": "float16", "source": src.name,
                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     meta["provenance"] = prov
