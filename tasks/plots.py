@@ -49,6 +49,24 @@ def loss_curve(history: list[dict[str, float]], path: Path, title: str) -> Path:
     """A run's loss terms against step, one line per term that is ever positive (a cell's or a training's
     ``loss_curve.png``)."""
     steps = [h["step"] for h in history]
-    terms = [k for k in history[0] if k not in NOT_LOSSES]
+    terms = [k for k in history[0] if k not in NOT_LOSSES and not k.startswith("val_")]
     lines = {k: (steps, [h[k] for h in history]) for k in terms if any(h[k] > 0 for h in history)}
     return plot_curves({"": lines}, path, title)
+
+
+def validation_curve(history: list[dict[str, float]], path: Path, title: str) -> Path | None:
+    """A feed-forward training's evaluator distances of its validation photos against step (content and
+    style side by side; one line per style of a multi-style network); None when it scored none."""
+    scored = [h for h in history if "val_style_distance" in h]
+    if not scored:
+        return None
+    steps = [h["step"] for h in scored]
+    panels: dict[str, dict[str, Line]] = {}
+    for axis in ("content", "style"):
+        key = f"val_{axis}_distance"
+        per_style = sorted(k for k in scored[0] if k.startswith(key + "_"))
+        keys = per_style or [key]
+        panels[f"{axis} distance (evaluator)"] = {
+            (k.removeprefix(key + "_") if per_style else "validation photos"): (steps, [h[k] for h in scored])
+            for k in keys}
+    return plot_curves(panels, path, title, ylabel="distance (lower is better)")

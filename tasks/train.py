@@ -26,7 +26,7 @@ from nst.images import save_image
 
 from . import mlflow_views, tracking
 from .devices import device_pool
-from .plots import loss_curve
+from .plots import loss_curve, validation_curve
 
 FLUSH_EVERY = 50
 
@@ -90,7 +90,7 @@ def train_logged(config, run_id: str, tmp: Path, progress: bool = True, *, on_st
     def _on_step(info: TrainStep) -> None:
         bar.update(info.step - bar.n)
         pending.append((info.step, {**{f"loss_{k}": v for k, v in info.losses.items()},
-                                    "images_per_s": info.images_per_s}))
+                                    "images_per_s": info.images_per_s, **(info.scores or {})}))
         if info.val_image is not None:
             frames.append((info.step, info.val_image))
             path = save_image(info.val_image, tmp / "evolution" / f"step_{info.step:06d}.png")
@@ -128,6 +128,8 @@ def _log_outcome(client, run_id: str, config, res: TrainResult, frames: list[tup
         save_image(torch.cat([f for _, f in frames], dim=-2), art / "evolution.png")
     if res.history:
         loss_curve(res.history, art / "loss_curve.png", f"train {Path(config.out or 'model').stem}")
+        validation_curve(res.history, art / "validation_curve.png",
+                         f"train {Path(config.out or 'model').stem}: validation photos")
     model_dir = art / "model"
     model_dir.mkdir(parents=True)
     if res.model_path is not None:

@@ -153,3 +153,25 @@ def test_feed_forward_training_defaults_to_johnsons_layers():
     t = _prepare(make_train_config(**cfg, styles=[str(image("starry_night.jpg"))], steps=1))
     assert t.content_layers == ["relu2_2"] and t.style_layers == ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
     assert t.extractor.stages[-1][0] == "relu4_1"
+
+
+def test_validation_photos_are_scored_during_training(tmp_path):
+    """eval_photos (not training images) are stylised and scored by the evaluator every eval_every steps:
+    the distances land in the history, the callback and the result, and plot as validation_curve.png."""
+    from tasks.plots import validation_curve
+
+    photos = [str(image("tubingen.jpg")), str(image("chelsea.png"))]
+    seen = []
+    res = train(dict(TINY, styles=[str(image("wave.jpg")), str(image("the_scream.jpg"))], steps=4, eval_photos=photos,
+                     eval_every=2, eval_size=48), callback=seen.append)
+    scored = [s.step for s in seen if s.scores is not None]
+    assert scored == [2, 4]
+    last = res.history[-1]
+    for k in ("val_content_distance", "val_style_distance", "val_style_distance_0", "val_style_distance_1"):
+        assert k in last and last[k] > 0, (k, last)
+    assert res.scores == {k: v for k, v in last.items() if k.startswith("val_")}
+    assert "val_style_distance" not in res.history[0]
+    png = validation_curve(res.history, tmp_path / "validation_curve.png", "t")
+    assert png is not None and png.stat().st_size > 5000
+    with pytest.raises(ImageError, match="nope.jpg"):
+        train(dict(TINY, styles=[str(image("wave.jpg"))], steps=1, eval_photos=[str(tmp_path / "nope.jpg")]))

@@ -107,8 +107,9 @@ def _add_train(sub) -> None:
 #: the model (`add_train_flags`), so the CLI restates no default but the two of `TRAIN_CLI_DEFAULTS`.
 TRAIN_FLAGS = (
     "size", "style_size", "batch_size", "steps", "lr", "content_weight", "style_weight", "tv_weight", "backbone",
-    "weights", "pooling", "content_layers", "style_layers", "norm", "width", "seed", "device", "precision",
-    "workers", "val_image", "val_every", "checkpoint_every",
+    "weights", "pooling", "content_layers", "style_layers", "norm", "width", "n_residual", "seed", "device",
+    "precision", "compile", "workers", "val_image", "val_every", "eval_photos", "eval_every", "eval_size",
+    "checkpoint_every",
 )
 #: The only flags whose default is not `TrainConfig`'s, each with the reason `--help` gives for it.
 #: TrainConfig's 0 (only at the end) suits a library call and a grid cell's short training (whose
@@ -118,8 +119,7 @@ TRAIN_CLI_DEFAULTS = {
     "checkpoint_every": (500, "a killed run resumes from its last checkpoint, not from step 0"),
 }
 #: Help for fields without a description in `TrainConfig`.
-TRAIN_HELP = {"weights": "backbone weights file", "seed": "network initialisation and sample order",
-              "checkpoint_every": "write the checkpoint every N steps (0: only at the end)"}
+TRAIN_HELP = {"weights": "backbone weights file", "seed": "network initialisation and sample order"}
 
 
 def add_train_flags(p: argparse.ArgumentParser, fields: tuple[str, ...] = TRAIN_FLAGS) -> None:

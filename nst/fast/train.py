@@ -39,7 +39,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CKPT_FORMAT = "nst-fast-ckpt/1"
 #: Settings that may differ between a run and its resumption.
 RESUMABLE = ("steps", "checkpoint", "checkpoint_every", "log_every", "val_every", "out", "resume", "workers", "device",
-             "compile")
+             "compile", "eval_photos", "eval_every", "eval_size")
 #: `compile="auto"` compiles only runs at least this long: compiling costs ~45 s on a 2-core CPU (a few
 #: seconds once inductor's cache holds the graphs) and saves ~0.1-0.2 s per step there.
 COMPILE_MIN_STEPS = 300
@@ -79,6 +79,10 @@ class TrainConfig(BaseModel):
     val_image: Optional[str] = Field(None, description="fixed validation image (default: the first training image)")
     val_size: int = Field(256, ge=16, le=4096)
     val_every: int = Field(0, ge=0, description="stylise the validation image every N steps (0: only at the end)")
+    eval_photos: tuple[str, ...] = Field(
+        (), description="validation photos (not training images) scored by the evaluator during training")
+    eval_every: int = Field(0, ge=0, description="score the validation photos every N steps (0: only at the end)")
+    eval_size: int = Field(512, ge=16, le=4096, description="longest side the validation photos are stylised at")
     checkpoint: Optional[str] = Field(None, description="checkpoint file (written atomically)")
     checkpoint_every: int = Field(0, ge=0, description="write the checkpoint every N steps (0: only at the end)")
     resume: bool = True
@@ -109,6 +113,7 @@ class TrainStep:
     elapsed: float
     images_per_s: float
     val_image: torch.Tensor | None = None  # [1, 3, H, W*n_styles] in [0, 1], CPU
+    scores: dict[str, float] | None = None  # evaluator distances of the validation photos, on eval steps
 
 
 @dataclass
@@ -119,6 +124,7 @@ class TrainResult:
     info: dict[str, object]
     model_path: Path | None
     val_image: torch.Tensor | None
+    scores: dict[str, float] | None = None  # the last evaluator scores of the validation photos
 
 
 # --------------------------------------------------------------------------- data
@@ -269,8 +275,8 @@ class _Training:
 
 def _prepare(config: TrainConfig) -> _Training:
     """Loss network, style Gram targets, transformation network and optimiser (seeded)."""
-    for s in config.styles:
-        load_image(s, size=16)  # fail on a bad style file before anything else
+    for s in (*config.styles, *config.eval_photos):
+        load_image(s, size=16)  # fail on a bad style or validation file before anything else
     files = training_files(config.images, config.coco)
 
     lossnet = loss_network(config, feed_forward=True)
@@ -437,7 +443,9 @@ def train(
     if config.out:
         model_path = save_model(t.net, config.out, [_style_name(s) for s in config.styles],
                                 model_meta(config, info, timings))
-    return TrainResult(t.net, history, timings, info, model_path, val_image)
+    scored = [h for h in history if "val_style_distance" in h]
+    scores = {k: v for k, v in scored[-1].items() if k.startswith("val_")} if scored else None
+    return TrainResult(t.net, history, timings, info, model_path, val_image, scores)
 
 
 def _timings(config: TrainConfig, start_step: int, setup_s: float, train_s: float, t0: float) -> dict[str, float]:
@@ -459,19 +467,21 @@ def _after_step(t: _Training, step: int, start_step: int, s: int, terms: dict[st
     is_last = step == config.steps
     is_val = bool(config.val_every and step % config.val_every == 0) or is_last
     is_ckpt = bool(ckpt_path and ((config.checkpoint_every and step % config.checkpoint_every == 0) or is_last))
-    if not (step % config.log_every == 0 or is_last or is_val or is_ckpt):
+    is_eval = bool(config.eval_photos) and (bool(config.eval_every and step % config.eval_every == 0) or is_last)
+    if not (step % config.log_every == 0 or is_last or is_val or is_ckpt or is_eval):
         return None
     losses = {k: float(v.detach()) for k, v in terms.items()}
     if not all(math.isfinite(v) for v in losses.values()):
         raise DivergedError(f"training diverged at step {step}: non-finite loss {losses}")
     elapsed = time.perf_counter() - loop_start
     ips = (step - start_step) * config.batch_size / max(elapsed, 1e-9)
-    history.append({"step": float(step), "time": elapsed, "style_index": float(s), **losses})
+    scores = score_validation(t.net, config) if is_eval else None
+    history.append({"step": float(step), "time": elapsed, "style_index": float(s), **losses, **(scores or {})})
     val_image = stylize_validation(t.net, val, len(config.styles), t.device) if is_val else None
     if is_ckpt:
         _save_checkpoint(ckpt_path, t.net, t.opt, step, config, history)
     if callback is not None:
-        callback(TrainStep(step, config.steps, losses, elapsed, ips, val_image))
+        callback(TrainStep(step, config.steps, losses, elapsed, ips, val_image, scores))
     return val_image
 
 
@@ -499,6 +509,37 @@ def stylize_validation(net: TransformNet, val: torch.Tensor, n_styles: int, devi
     outs = [net(val.to(device), net.style_vector(i, device)).float().clamp(0, 1).cpu() for i in range(n_styles)]
     net.train(was_training)
     return torch.cat(outs, dim=-1)
+
+
+@torch.no_grad()
+def score_validation(net: TransformNet, config: TrainConfig) -> dict[str, float]:
+    """The evaluator's distances of the validation photos stylised by `net` in each of its styles, averaged
+    over the photos: ``val_content_distance`` and ``val_style_distance`` (and ``..._<i>`` per style of a
+    multi-style network).  The curve of these against the step says when a network is good enough."""
+    from ..evaluate import shared_evaluator
+
+    device = next(net.parameters()).device
+    evaluator = shared_evaluator(device)
+    was_training = net.training
+    net.eval()
+    per_style: list[tuple[float, float]] = []
+    for i, style_file in enumerate(config.styles):
+        style = load_image(style_file)
+        content_d, style_d = [], []
+        for photo_file in config.eval_photos:
+            photo = load_image(photo_file, size=config.eval_size)
+            out = net(photo.to(device), net.style_vector(i, device)).float().clamp(0, 1).cpu()
+            sc = evaluator.score(out, photo, [style])
+            content_d.append(sc.content_distance)
+            style_d.append(sc.style_distance)
+        per_style.append((sum(content_d) / len(content_d), sum(style_d) / len(style_d)))
+    net.train(was_training)
+    scores = {"val_content_distance": sum(c for c, _ in per_style) / len(per_style),
+              "val_style_distance": sum(d for _, d in per_style) / len(per_style)}
+    if len(per_style) > 1:
+        for i, (c, d) in enumerate(per_style):
+            scores[f"val_content_distance_{i}"], scores[f"val_style_distance_{i}"] = c, d
+    return scores
 
 
 def _save_checkpoint(path: Path, net, opt, step: int, config: TrainConfig, history) -> None:

