@@ -175,3 +175,15 @@ def test_validation_photos_are_scored_during_training(tmp_path):
     assert png is not None and png.stat().st_size > 5000
     with pytest.raises(ImageError, match="nope.jpg"):
         train(dict(TINY, styles=[str(image("wave.jpg"))], steps=1, eval_photos=[str(tmp_path / "nope.jpg")]))
+
+
+def test_compiled_stylizer_matches_the_eager_one():
+    """Stylizer(compile=True) (videos, folders) gives the eager network's image; precision auto resolves."""
+    torch.manual_seed(0)
+    net = TransformNet(NetConfig(width=8, n_residual=1))
+    x = load_image(image("chelsea.png"), size=48)
+    eager = Stylizer(net, device="cpu")(x)
+    compiled = Stylizer(net, device="cpu", compile=True)
+    assert compiled.compiled and compiled.precision == "fp32"
+    assert torch.allclose(compiled(x), eager, atol=1e-5)
+    assert Stylizer(net, device="cpu", precision="auto").precision in ("fp32", "bf16")

