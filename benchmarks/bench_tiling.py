@@ -36,7 +36,8 @@ from nst.data import image
 from nst.images import load_image
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args.get("threads", 2))
-cfg = StyleConfig(size=args["size"], steps=args["steps"], scales=None, device="cpu", precision=args.get("precision", "fp32"),
+cfg = StyleConfig(size=args["size"], steps=args["steps"], scales=None, device="cpu",
+                  precision=args.get("precision", "fp32"),
                   max_memory=args.get("budget"), **args.get("extra", {}))
 content = load_image(image("tubingen.jpg"), size=cfg.size)
 style = load_image(image("starry_night.jpg"), size=cfg.size)
@@ -46,7 +47,8 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t0 = time.perf_counter()
 r = stylize(content, [style], cfg)
 print(json.dumps({"size": cfg.size, "hw": list(hw), "budget": args.get("budget"), "estimate": est.peak_bytes,
-                  "tiled": est.tiled, "core": est.core, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "tiled": est.tiled, "core": est.core,
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "before_run": base, "s_per_step": r.timings["s_per_step"], "seconds": time.perf_counter() - t0}))
 """
 

@@ -8,8 +8,8 @@ photographs in ../shared/data/train with The Starry Night, `--warmup` steps firs
 kernel selection), then `--steps` timed steps.  The breakdown comes from `train(..., timer=StepTimer)`:
 data loading, the loss network on the content batch (no grad), the transformer forward, the loss
 network forward with the losses, the loss network's backward (until the gradient reaches the
-transformer's output), the transformer's backward, the optimiser and logging (the last step makes the validation image: left out of the steady-state
-images/s, printed next to it).  Prints the CPU model.
+transformer's output), the transformer's backward, the optimiser and logging (the last step makes the
+validation image: left out of the steady-state images/s, printed next to it).  Prints the CPU model.
 """
 
 from __future__ import annotations

@@ -154,8 +154,9 @@ def geometry(name: str, pooling: str, layers: tuple[str, ...]) -> Geometry:
     deepest layer: walking the layers in order, a layer of stride ``s`` whose taps reach ``p``
     units left and ``r`` right of ``o * s`` turns a corrupted border of ``m`` input units into
     ``ceil((m + p) / s)`` output units at a left edge and ``ceil((m + r - s + 1) / s)`` at a right
-    one (tile widths are multiples of the stride); the larger of the two is kept.  Branched blocks (ResNet, EfficientNet) are walked as if
-    sequential, which only overestimates it.  Strides come from a meta-device trace.
+    one (tile widths are multiples of the stride); the larger of the two is kept.  Branched blocks
+    (ResNet, EfficientNet) are walked as if sequential, which only overestimates it.  Strides come
+    from a meta-device trace.
     """
     m_units, stride = 0, 1
     for _, module in _stages(name, pooling, layers):
@@ -380,9 +381,8 @@ def make_closure(x: torch.Tensor, opt, extractor, loss_fn, plan: TilePlan, evals
     """The closure of a tiled scale: loss and exact whole-image gradient of `loss_fn`, two passes over
     jittered tiles (module docstring).  Sets ``x.grad``; records the step's terms in `last`."""
     style_layers = list(dict.fromkeys(k for s in loss_fn.style for k in s.keys()))
-    content_layers = list(loss_fn.content.keys())
     hw = tuple(x.shape[-2:])
-    full = _full_shapes(plan, hw, tuple(dict.fromkeys([*style_layers, *content_layers])))
+    full = _full_shapes(plan, hw, tuple(dict.fromkeys([*style_layers, *loss_fn.content.keys()])))
 
     def closure():
         opt.zero_grad()
@@ -390,42 +390,15 @@ def make_closure(x: torch.Tensor, opt, extractor, loss_fn, plan: TilePlan, evals
         xd = x.detach()
         # pass 1: whole-image Gram matrices of the current image, and dL/dG
         grams, _ = tiled_features(extractor, xd, plan, style_layers, (), tiles=tiles)
-        leaves = {k: g.detach().requires_grad_(True) for k, g in grams.items()}
-        with torch.enable_grad():
-            style = xd.new_zeros(())
-            for blend, losses in zip(loss_fn.style_blend, loss_fn.style):
-                for layer, loss in losses.items():
-                    style = style + blend * loss_fn.style_layer_weights[layer] * relative_error(
-                        leaves[layer], loss.target, loss.norm)
-            dg = dict(zip(leaves, torch.autograd.grad(style, list(leaves.values())))) if leaves else {}
+        style, dg = _gram_gradients(loss_fn, grams, xd)
         # pass 2: each tile's share of the gradient
         grad = torch.zeros_like(xd)
         content = xd.new_zeros(())
         for t in tiles:
-            xt = _window(xd, t).clone().requires_grad_(True)
-            with torch.enable_grad():
-                feats = extractor(xt)
-                surrogate = xt.new_zeros(())
-                for layer, loss in loss_fn.content.items():
-                    f = _owned(feats[layer], t, plan.strides[layer])
-                    if f.numel() == 0:
-                        continue
-                    rs, cs = t.global_slices(plan.strides[layer], feats[layer].shape[-2], feats[layer].shape[-1])
-                    share = f.numel() / loss.target.numel()
-                    part = relative_error(f, loss.target[..., rs, cs], loss.norm) * share
-                    content = content + loss_fn.content_layer_weights[layer] * part.detach()
-                    surrogate = surrogate + loss_fn.content_weight * loss_fn.content_layer_weights[layer] * part
-                for layer in style_layers:
-                    f = _owned(feats[layer], t, plan.strides[layer])
-                    if f.shape[-2] * f.shape[-1] == 0:
-                        continue
-                    g = gram_matrix(f) * (f.shape[-2] * f.shape[-1] / (full[layer][0] * full[layer][1]))
-                    surrogate = surrogate + loss_fn.style_weight * (dg[layer] * g).sum()
-                if not surrogate.requires_grad:  # owns no position of any loss layer
-                    continue
-                surrogate.backward()
-            grad[..., t.y0: t.y1, t.x0: t.x1] += xt.grad
-            del feats, surrogate, xt
+            tile_grad, tile_content = _tile_gradient(extractor, xd, t, loss_fn, plan, style_layers, full, dg)
+            content = content + tile_content
+            if tile_grad is not None:
+                grad[..., t.y0: t.y1, t.x0: t.x1] += tile_grad
         tv = xd.new_zeros(())
         if loss_fn.tv_weight:
             with torch.enable_grad():
@@ -435,7 +408,6 @@ def make_closure(x: torch.Tensor, opt, extractor, loss_fn, plan: TilePlan, evals
             grad += xg.grad
             tv = tv.detach()
         x.grad = grad
-        style = style.detach()
         total = loss_fn.content_weight * content + loss_fn.style_weight * style + loss_fn.tv_weight * tv
         evals[0] += 1
         if not last:
@@ -443,6 +415,50 @@ def make_closure(x: torch.Tensor, opt, extractor, loss_fn, plan: TilePlan, evals
         return total
 
     return closure
+
+
+def _gram_gradients(loss_fn, grams: dict[str, torch.Tensor],
+                    like: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The style loss of whole-image Gram matrices and its gradient with respect to each of them."""
+    leaves = {k: g.detach().requires_grad_(True) for k, g in grams.items()}
+    with torch.enable_grad():
+        style = like.new_zeros(())
+        for blend, losses in zip(loss_fn.style_blend, loss_fn.style):
+            for layer, loss in losses.items():
+                style = style + blend * loss_fn.style_layer_weights[layer] * relative_error(
+                    leaves[layer], loss.target, loss.norm)
+        dg = dict(zip(leaves, torch.autograd.grad(style, list(leaves.values())))) if leaves else {}
+    return style.detach(), dg
+
+
+def _tile_gradient(extractor, xd: torch.Tensor, t, loss_fn, plan: TilePlan, style_layers: list[str],
+                   full: dict, dg: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One tile's share of the whole-image gradient (None when it owns no position of any loss layer)
+    and of the content loss: a surrogate whose gradient is the exact one on the positions it owns."""
+    xt = _window(xd, t).clone().requires_grad_(True)
+    content = xd.new_zeros(())
+    with torch.enable_grad():
+        feats = extractor(xt)
+        surrogate = xt.new_zeros(())
+        for layer, loss in loss_fn.content.items():
+            f = _owned(feats[layer], t, plan.strides[layer])
+            if f.numel() == 0:
+                continue
+            rs, cs = t.global_slices(plan.strides[layer], feats[layer].shape[-2], feats[layer].shape[-1])
+            share = f.numel() / loss.target.numel()
+            part = relative_error(f, loss.target[..., rs, cs], loss.norm) * share
+            content = content + loss_fn.content_layer_weights[layer] * part.detach()
+            surrogate = surrogate + loss_fn.content_weight * loss_fn.content_layer_weights[layer] * part
+        for layer in style_layers:
+            f = _owned(feats[layer], t, plan.strides[layer])
+            if f.shape[-2] * f.shape[-1] == 0:
+                continue
+            g = gram_matrix(f) * (f.shape[-2] * f.shape[-1] / (full[layer][0] * full[layer][1]))
+            surrogate = surrogate + loss_fn.style_weight * (dg[layer] * g).sum()
+        if not surrogate.requires_grad:  # owns no position of any loss layer
+            return None, content
+        surrogate.backward()
+    return xt.grad, content
 
 
 # --------------------------------------------------------------------------- the estimate

@@ -425,19 +425,7 @@ def train(
     if val_image is None:
         val_image = stylize_validation(t.net, val, len(config.styles), t.device)
     timings = _timings(config, start_step, setup_s, train_s, t0)
-    info = {
-        "device": str(t.device),
-        "precision": t.precision,
-        "backbone": t.backbone.name,
-        "weights_source": t.backbone.weights_source,
-        "content_layers": t.content_layers,
-        "style_layers": t.style_layers,
-        "n_images": len(t.files),
-        "start_step": start_step,
-        "steps": config.steps,
-        "parameters": sum(p.numel() for p in t.net.parameters()),
-        "compiled": t.compiled,
-    }
+    info = _info(t, start_step)
     t.net.eval()
     model_path = None
     if config.out:
@@ -446,6 +434,22 @@ def train(
     scored = [h for h in history if "val_style_distance" in h]
     scores = {k: v for k, v in scored[-1].items() if k.startswith("val_")} if scored else None
     return TrainResult(t.net, history, timings, info, model_path, val_image, scores)
+
+
+def _info(t: _Training, start_step: int) -> dict[str, object]:
+    return {
+        "device": str(t.device),
+        "precision": t.precision,
+        "backbone": t.backbone.name,
+        "weights_source": t.backbone.weights_source,
+        "content_layers": t.content_layers,
+        "style_layers": t.style_layers,
+        "n_images": len(t.files),
+        "start_step": start_step,
+        "steps": t.config.steps,
+        "parameters": sum(p.numel() for p in t.net.parameters()),
+        "compiled": t.compiled,
+    }
 
 
 def _timings(config: TrainConfig, start_step: int, setup_s: float, train_s: float, t0: float) -> dict[str, float]:

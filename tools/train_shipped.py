@@ -1,0 +1,160 @@
+"""Train the networks nst-lab ships (issue 17), resumably, and pack each into nst/data/models/.
+
+    python tools/train_shipped.py [--only starry_night ...] [--untracked]
+
+The recipe was chosen by measurement (docs/fast-networks.md): Johnson et al.'s architecture at width 16
+(16/32/64 filters, 5 residual blocks, instance norm), VGG19 loss network with relu2_2 content and
+relu1_1..relu4_1 style, content weight 1, style weight 10, Adam at 1e-3, 256 px random crops, batch 4,
+bf16 where the CPU has it, compiled; trained on the 216 photographs of ../shared/data/train and scored
+every 100 steps on four validation photos that are not among them (two bundled contents and two COCO
+photos), recorded in MLflow (experiment ``nst-grid/shipped-networks`` under $NST_HOME, default
+training/home) with their validation curve and the evolution of the validation image.
+
+A network's checkpoint (training/runs/<name>.ckpt) is written every 100 steps: run the same command
+again after an interruption (or in the next sitting) and each training continues where it stopped.
+`training/runs/<name>.sittings.json` records every sitting (steps, seconds, commit), so the packed file's
+provenance has the whole wall time and the commit the training started at.  Finished networks are not
+trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHARED = ROOT.parent / "shared" / "data"
+IMAGES = ROOT / "nst" / "data" / "images"
+RUNS = ROOT / "training" / "runs"
+#: Validation photos (not training images): the curve in MLflow and the scores in each packed file.
+EVAL_PHOTOS = (
+    SHARED / "contents" / "tubingen.jpg",
+    SHARED / "contents" / "chelsea.png",
+    SHARED / "coco" / "images" / "000000397133.jpg",
+    SHARED / "coco" / "images" / "000000252219.jpg",
+)
+RECIPE = dict(
+    images=str(SHARED / "train"), size=256, batch_size=4, lr=1e-3, content_weight=1.0, style_weight=10.0,
+    width=16, n_residual=5, norm="instance", precision="auto", device="auto", compile="auto",
+    val_image=str(SHARED / "contents" / "tubingen.jpg"), val_size=256, val_every=100,
+    eval_photos=[str(p) for p in EVAL_PHOTOS], eval_every=100, eval_size=512, checkpoint_every=100,
+)
+#: name -> (style images, steps, settings other than the recipe's).  The single-style networks reach
+#: Magenta's arbitrary-style network on both evaluator axes after ~400 steps (The Starry Night pilot);
+#: 1000 leaves a margin.  The conditional network sees each of its four styles every fourth step.  The
+#: batch-norm twin of The Starry Night is REPORT.md's instance-vs-batch-norm comparison.
+NETWORKS: dict[str, tuple[tuple[str, ...], int, dict]] = {
+    "starry_night": (("starry_night.jpg",), 1000, {}),
+    "the_scream": (("the_scream.jpg",), 1000, {}),
+    "wave": (("wave.jpg",), 1000, {}),
+    "kandinsky": (("kandinsky.jpg",), 1000, {}),
+    "udnie": (("udnie.jpg",), 1000, {}),
+    "four_styles": (("starry_night.jpg", "the_scream.jpg", "wave.jpg", "kandinsky.jpg"), 3000, {}),
+    "starry_night_batchnorm": (("starry_night.jpg",), 1000, {"norm": "batch"}),
+}
+
+
+def config(name: str) -> dict:
+    styles, steps, overrides = NETWORKS[name]
+    return dict(RECIPE, styles=[str(IMAGES / s) for s in styles], steps=steps, **overrides,
+                checkpoint=str(RUNS / f"{name}.ckpt"), out=str(RUNS / f"{name}.pt"))
+
+
+def _ledger(name: str) -> Path:
+    return RUNS / f"{name}.sittings.json"
+
+
+def _sittings(name: str) -> list[dict]:
+    p = _ledger(name)
+    return json.loads(p.read_text()) if p.is_file() else []
+
+
+def _record(name: str, sitting: dict) -> None:
+    from nst.images import atomic_write
+
+    data = _sittings(name) + [sitting]
+    atomic_write(_ledger(name), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
+
+
+def training_seconds(history: list[dict]) -> float:
+    """Training time over all sittings: each sitting's history clock starts at 0 again."""
+    total, last = 0.0, 0.0
+    for h in history:
+        if h["time"] < last:
+            total += last
+        last = h["time"]
+    return total + last
+
+
+def _checkpoint_step(cfg: dict) -> int:
+    import torch
+
+    p = Path(cfg["checkpoint"])
+    return int(torch.load(p, map_location="cpu", weights_only=True)["step"]) if p.is_file() else 0
+
+
+def train_one(name: str, tracked: bool) -> Path:
+    """Train (or resume) network `name`, then pack it; returns the shipped file."""
+    import torch
+
+    from nst.fast.models import pack_model
+    from nst.fast.train import make_train_config, train
+    from nst.hardware import cpu_model
+    from nst.provenance import git_commit
+
+    cfg = config(name)
+    make_train_config(**cfg)  # bad settings fail before anything runs
+    RUNS.mkdir(parents=True, exist_ok=True)
+    start = _checkpoint_step(cfg)
+    if start < cfg["steps"] or not Path(cfg["out"]).is_file():
+        print(f"{name}: steps {start}..{cfg['steps']}", flush=True)
+        # recorded before the sitting: a sitting that is killed still counts (its time is in the history)
+        _record(name, {"from_step": start, "commit": git_commit(), "cpu": cpu_model(), "tracked": tracked,
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        if tracked:
+            from nst.fast.cli import tracked_training
+
+            tracked_training()([cfg], experiment="shipped-networks", progress=True)
+        else:
+            train(cfg)
+    history = torch.load(cfg["checkpoint"], map_location="cpu", weights_only=True)["history"]
+    scored = [h for h in history if "val_style_distance" in h]
+    sittings = _sittings(name)
+    provenance = {
+        "scores": {k: v for k, v in scored[-1].items() if k.startswith("val_")} | {"step": scored[-1]["step"]},
+        "validation_photos": [str(Path(p).relative_to(ROOT.parent)) for p in cfg["eval_photos"]],
+        "wall_s": training_seconds(history),
+        "sittings": sittings,
+        "commit": sittings[0]["commit"] if sittings else git_commit(),
+    }
+    dst = ROOT / "nst" / "data" / "models" / f"{name}.pt"
+    pack_model(cfg["out"], dst, provenance)
+    print(f"{name}: packed {dst.relative_to(ROOT)} ({dst.stat().st_size / 1e6:.2f} MB); validation "
+          f"content {provenance['scores']['val_content_distance']:.3f}, "
+          f"style {provenance['scores']['val_style_distance']:.4f}", flush=True)
+    return dst
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=list(NETWORKS), help="these networks (default: all, in order)")
+    ap.add_argument("--untracked", action="store_true", help="plain training: no Prefect flow, no MLflow")
+    args = ap.parse_args()
+    os.environ.setdefault("NST_HOME", str(ROOT / "training" / "home"))
+    for name in args.only or list(NETWORKS):
+        dst = ROOT / "nst" / "data" / "models" / f"{name}.pt"
+        if dst.is_file():
+            print(f"{name}: shipped already ({dst.relative_to(ROOT)})")
+            continue
+        train_one(name, tracked=not args.untracked)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
