@@ -128,7 +128,7 @@ def train_one(name: str, tracked: bool) -> Path:
     sittings = _sittings(name)
     provenance = {
         "scores": {k: v for k, v in scored[-1].items() if k.startswith("val_")} | {"step": scored[-1]["step"]},
-        "validation_photos": [str(Path(p).relative_to(ROOT.parent)) for p in cfg["eval_photos"]],
+        "validation_photos": [os.path.relpath(p, ROOT) for p in cfg["eval_photos"]],
         "wall_s": training_seconds(history),
         "sittings": sittings,
         "commit": sittings[0]["commit"] if sittings else git_commit(),
