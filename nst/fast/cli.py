@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ..errors import ConfigError, NSTError
@@ -239,33 +240,82 @@ def _add_video(sub) -> None:
     p.add_argument("--flow", choices=("dis", "raft"), default="dis",
                    help="optical flow: OpenCV DIS or torchvision RAFT")
     p.add_argument("--flow-weights", help="RAFT weights file (default: the torch hub cache)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--stabilize", type=float, default=0.0, metavar="A",
+                   help="fast: temporal stabilisation, 0..1: each network frame blended with the previous output "
+                        "warped by optical flow, weight A where the occlusion mask allows (0 = off)")
+    p.add_argument("--warp-error-every", type=int, metavar="N",
+                   help="measure the temporal warping error on every N-th frame pair, 0 = not at all (its two "
+                        "optical flows cost more than a network frame); None: every pair, but every "
+                        f"{FAST_WARP_ERROR_EVERY}th in fast mode without --stabilize")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help=f"fast: torch.compile the network (seconds once per frame size); auto: for clips of "
+                        f">= {COMPILE_MIN_FRAMES} frames")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="fast: frames in the network at once, each on 1/N of the CPU threads; None: 2 on a CPU "
+                        "with >= 2 cores, else 1")
+    p.add_argument("--preset", choices=X264_PRESETS, metavar="PRESET",
+                   help="x264 preset, ultrafast .. veryslow; None: veryfast in fast mode (at 640x360 half the "
+                        "encoding time of medium, a file ~7%% smaller), medium in optim mode")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_video)
 
 
+#: `nst video --mode fast`: the network is compiled for clips of at least this many frames (compiling takes
+#: seconds, a compiled frame is ~1.8x faster on a CPU) ...
+COMPILE_MIN_FRAMES = 48
+#: ... and without --stabilize the warping error is measured on every N-th frame pair only (its two optical
+#: flows take longer than the network's frame; with --stabilize they are computed for every frame anyway).
+FAST_WARP_ERROR_EVERY = 24
+#: libx264's presets (`nst.video.X264_PRESETS`, restated so that `nst --help` imports no video code).
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
 def cmd_video(args: argparse.Namespace) -> int:
+    import time
+
     from tqdm import tqdm
 
     from .. import video
     from ..config import make_config
 
+    started = time.perf_counter()
     out = Path(args.out)
     if out.suffix.lower() not in video.VIDEO_SUFFIXES:
         raise ConfigError(f"--out {out}: must be a video file ({', '.join(video.VIDEO_SUFFIXES)})")
+    if not 0 <= args.stabilize <= 1:
+        raise ConfigError(f"--stabilize: must be between 0 and 1, got {args.stabilize:g}")
+    if args.stabilize and args.mode != "fast":
+        raise ConfigError("--stabilize is for network frames (--mode fast); --mode optim has --temporal-weight")
+    if args.warp_error_every is not None and args.warp_error_every < 0:
+        raise ConfigError(f"--warp-error-every: must be >= 0, got {args.warp_error_every}")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
     info = video.probe(args.src, args.fps)
+    total = min(info.frames, args.max_frames) if info.frames and args.max_frames else (info.frames or args.max_frames)
+    every = args.warp_error_every
+    if every is None:
+        every = FAST_WARP_ERROR_EVERY if args.mode == "fast" and not args.stabilize else 1
+    measure = dict(measure=every > 0, measure_every=max(every, 1))
     flow = video.make_flow(args.flow, args.flow_weights, "cpu" if args.device == "auto" else args.device)
     if args.mode == "fast":
         if not args.model:
             raise ConfigError("--mode fast needs --model")
         from .infer import Stylizer
 
-        prec = "fp32" if args.precision == "auto" else args.precision
-        model = Stylizer(args.model, style=_choice(args), preserve_color=args.preserve_color, precision=prec,
-                         device=args.device)
-        fs = video.FrameStylizer("fast", model=model, flow=flow)
+        compile_net = args.compile == "on" or (args.compile == "auto" and (not total or total >= COMPILE_MIN_FRAMES))
+        model = Stylizer(args.model, style=_choice(args), preserve_color=args.preserve_color,
+                         precision=args.precision, device=args.device, compile=compile_net)
+        if model.device.type == "cpu":  # the same network, its 3-channel output conv computed faster
+            from .fold import fold_output_conv
+
+            fold_output_conv(model.net)  # before the first frame, which compiles it
+        fs = video.FrameStylizer("fast", model=model, flow=flow, stabilize=args.stabilize, **measure)
+        workers = args.workers or (2 if model.device.type == "cpu" and (os.cpu_count() or 1) >= 2 else 1)
+        net_info = {"precision": model.precision, "compiled": compile_net}
     else:
         if not args.style:
             raise ConfigError("--mode optim needs --style")
@@ -276,20 +326,37 @@ def cmd_video(args: argparse.Namespace) -> int:
                              style_weight=args.style_weight, device=args.device, precision=args.precision,
                              preserve_color="luminance" if args.preserve_color else None)
         fs = video.FrameStylizer("optim", styles=styles, config=config, temporal=not args.no_temporal,
-                                 temporal_weight=args.temporal_weight, frame_steps=args.frame_steps, flow=flow)
-    total = min(info.frames, args.max_frames) if info.frames and args.max_frames else (info.frames or args.max_frames)
+                                 temporal_weight=args.temporal_weight, frame_steps=args.frame_steps, flow=flow,
+                                 **measure)
+        workers, net_info = 1, {}
+    preset = args.preset or ("veryfast" if args.mode == "fast" else "medium")
     res = video.stylize_video(args.src, out, fs, size=args.size, max_frames=args.max_frames, fps=args.fps,
                               progress=lambda g: tqdm(g, total=total, desc=f"video {args.mode}", unit="frame",
-                                                      disable=args.quiet))
+                                                      disable=args.quiet), workers=workers, preset=preset)
+    command_s = time.perf_counter() - started
+    n, later = max(res.frames, 1), max(res.frames - 1, 1)  # flows, network and blend: after the first frame
+    ms = {"decode": 1000 * res.info["decode_s"] / n, "flow": 1000 * res.info["flow_s"] / later,
+          "stylize": 1000 * res.info["stylize_s"] / later, "temporal": 1000 * res.info["temporal_s"] / later,
+          "encode": 1000 * res.info["encode_s"] / n}
     summary = {"out": str(out), "mode": res.mode, "frames": res.frames, "fps": float(info.fps),
                "audio": info.has_audio and not Path(args.src).is_dir(), "warp_error": res.warp_error,
-               "seconds": res.seconds, "frames_per_s": res.fps_processed, **res.info}
+               "seconds": res.seconds, "frames_per_s": res.fps_processed,
+               "stylize_frames_per_s": res.info["steady_frames_per_s"],
+               "command_s": command_s, "command_frames_per_s": res.frames / command_s,
+               "ms_per_frame": ms,
+               "preset": preset, **net_info, **res.info}
     if args.json:
         print(json.dumps(summary))
-    else:
-        print(f"saved {out}: {res.frames} frames at {float(info.fps):g} fps in {res.seconds:.1f}s; "
-              f"temporal warping error {res.warp_error:.5g} ({res.mode}"
-              f"{', temporal' if args.mode == 'optim' and not args.no_temporal else ''})")
+        return 0
+    what = [res.mode] + (["temporal"] if args.mode == "optim" and not args.no_temporal else [])
+    what += [f"stabilize {args.stabilize:g}"] if args.stabilize else []
+    pairs = res.info.get("measured_pairs", 0)
+    error = (f"temporal warping error {res.warp_error:.5g} over {pairs} of {res.info.get('pairs', 0)} frame pairs"
+             if pairs else "warping error not measured")
+    print(f"saved {out}: {res.frames} frames at {float(info.fps):g} fps; stylised at "
+          f"{summary['stylize_frames_per_s']:.1f} frames/s after the first frame ({res.info['first_output_s']:.1f}s"
+          f"{', compiling' if net_info.get('compiled') else ''}), {summary['command_frames_per_s']:.1f} frames/s "
+          f"for the whole command ({command_s:.1f}s); {error} ({', '.join(what)})")
     return 0
 
 
