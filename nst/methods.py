@@ -212,8 +212,9 @@ def fast(inputs: MethodInputs, *, callback: Callable[[StepInfo], None] | None = 
 
 def video(inputs: MethodInputs, *, callback: Callable[[StepInfo], None] | None = None, log_every: int = 1,
           image_every: int = 0, cache: TargetCache | None = None) -> MethodResult:
-    """A clip frame by frame (independent, Ruder et al.'s temporal way, or a network), with its flicker
-    (the temporal warping error on optical flow of the input frames) in ``metrics``."""
+    """A clip frame by frame (independent, Ruder et al.'s temporal way, or a network, optionally stabilised
+    along the flow), with its flicker (the temporal warping error on optical flow of the input frames) in
+    ``metrics``."""
     from .options import VideoOptions
     from .runtime import resolve_device
     from .video import FrameStylizer, film_strip, make_flow, stylize_frames
@@ -228,7 +229,7 @@ def video(inputs: MethodInputs, *, callback: Callable[[StepInfo], None] | None =
         net, net_info = _network(inputs, callback)
         info.update(net_info)
         done = inputs.train.steps if inputs.model is None else 0
-        fs = FrameStylizer("fast", model=net, flow=flow)
+        fs = FrameStylizer("fast", model=net, flow=flow, stabilize=opts.stabilize)
     else:
         fs = FrameStylizer("optim", styles=inputs.styles, config=inputs.config, temporal=opts.mode == "temporal",
                            temporal_weight=opts.temporal_weight, frame_steps=opts.frame_steps, flow=flow)

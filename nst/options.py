@@ -6,8 +6,8 @@ A method that needs settings of its own has a pydantic model here
 
     fast:   train_images, train_coco, train_size, train_steps, batch_size, train_lr,
             norm, width, n_residual, val_every, model
-    video:  mode (independent | temporal | fast), temporal_weight, frames,
-            frame_steps, flow, fps, and the fast keys (mode fast)
+    video:  mode (independent | temporal | fast), temporal_weight, stabilize,
+            frames, frame_steps, flow, fps, and the fast keys (mode fast)
 
 Each value is checked on its own where it is written (`parse_option`: type,
 range, files relative to the YAML file), and each cell's set against its
@@ -137,11 +137,14 @@ class VideoOptions(TrainOptions):
     Modes: ``independent`` (per-frame optimisation from the frame itself), ``temporal`` (Ruder et al.:
     start from the previous output warped by optical flow, plus the occlusion-masked temporal loss with
     `temporal_weight`; 0 = warped start only), ``fast`` (a feed-forward network per frame, trained in
-    the cell from the training keys, or `model`).
+    the cell from the training keys, or `model`; with `stabilize` > 0 each network frame is blended with
+    the previous output warped into it where the occlusion mask allows, `nst.video.stabilise`).
     """
 
     mode: Literal["independent", "temporal", "fast"] = "temporal"
     temporal_weight: float = Field(200.0, ge=0, description="temporal loss weight (mode temporal)")
+    stabilize: float = Field(0.0, ge=0, le=1, description="mode fast: weight of the previous output warped by "
+                             "optical flow in each network frame, where the occlusion mask allows (0 = off)")
     frames: Optional[int] = Field(None, ge=2, le=1_000_000, description="first N frames of the clip (default: all)")
     frame_steps: Optional[int] = Field(None, ge=0, le=100_000,
                                        description="optimisation steps of every frame after the first (default: steps)")
@@ -151,7 +154,7 @@ class VideoOptions(TrainOptions):
     def relevant(self) -> set[str]:
         keys = {"mode", "frames", "flow", "fps"}
         if self.mode == "fast":
-            return keys | self.train_keys()
+            return keys | {"stabilize"} | self.train_keys()
         return keys | {"frame_steps"} | ({"temporal_weight"} if self.mode == "temporal" else set())
 
     def check(self, where: dict[str, str], what: str, config, n_styles: int) -> None:

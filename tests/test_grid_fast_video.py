@@ -4,7 +4,8 @@
 * fast: a network trained in the cell on the bundled COCO subset, its falling per-step loss, evolution
   images and model logged in the cell's run, the content stylised and scored;
 * video: independent, temporal (Ruder et al.) and network (`model` option) frames of the bundled Sintel
-  clip, the warping error as a table column, lower with the temporal loss than for independent frames;
+  clip, plain and stabilised, the warping error as a table column, lower with the temporal loss than for
+  independent frames and with stabilisation than without;
 * a bad option is refused before any work with the YAML path of the entry to fix.
 """
 
@@ -57,6 +58,7 @@ grids:
     axes:
       mode: [independent, temporal, fast]
       temporal_weight: [200]
+      stabilize: [0, 0.8]
     eval_resolution: 64
     summary_by: mode
 """
@@ -119,13 +121,15 @@ def test_fast_grid_trains_logs_and_scores(home: Path, prefect_server):
 
 def test_video_grid_warping_error_column_and_temporal_consistency(home: Path, prefect_server):
     out = _run(home, "video")
-    assert [r["status"] for r in out["results"]] == ["FINISHED"] * 3, out["results"]
+    assert [r["status"] for r in out["results"]] == ["FINISHED"] * 4, out["results"]
     rep = home / "reports" / "video"
     table = pd.read_csv(rep / "table.csv")
-    assert {"mode", "temporal_weight", "warping_error", "frames", "frames_per_s"} <= set(table)
-    err = dict(zip(table["mode"], table["warping_error"]))
-    assert set(err) == {"independent", "temporal", "fast"} and all(v > 0 for v in err.values())
-    assert err["temporal"] < 0.5 * err["independent"], err
+    assert {"mode", "temporal_weight", "stabilize", "warping_error", "frames", "frames_per_s"} <= set(table)
+    err = {(m, str(s)): e for m, s, e in zip(table["mode"], table["stabilize"], table["warping_error"])}
+    assert set(err) == {("independent", "-"), ("temporal", "-"), ("fast", "0"), ("fast", "0.8")}, err
+    assert all(v > 0 for v in err.values())
+    assert err["temporal", "-"] < 0.5 * err["independent", "-"], err
+    assert err["fast", "0.8"] < 0.5 * err["fast", "0"], err  # stabilised network frames flicker less
     assert (table["frames"] == 3).all()
     assert dict(zip(table["mode"], table["temporal_weight"].astype(str)))["independent"] == "-"  # not used
     assert "warping_error" in (rep / "summary.md").read_text()
@@ -169,6 +173,8 @@ def test_bad_options_name_their_yaml_path(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"^grids\.g\.axes\.temporal_weight\[0\]: Input should be greater than or "
                                           r"equal to 0"):
         _grid(tmp_path, VIDEO + "axes:\n  temporal_weight: [-1]\n")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.axes\.stabilize\[1\]: Input should be less than or equal to 1"):
+        _grid(tmp_path, VIDEO + "axes:\n  stabilize: [0.5, 2]\n")
     with pytest.raises(ConfigError, match=r"^grids\.g\.settings\.temporal_wieght: unknown key 'temporal_wieght'"):
         _grid(tmp_path, VIDEO + "  temporal_wieght: 3\n")
     with pytest.raises(ConfigError, match=r"^grids\.g\.settings\.train_images: train_images folder 'nope' not found"):
