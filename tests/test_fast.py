@@ -54,7 +54,9 @@ def test_saved_model_reloads_identically(trained, tmp_path):
     net, info = load_model(out)
     assert info["styles"] == ["starry_night"] and info["meta"]["train_config"]["steps"] == 10
     got = Stylizer(out, device="cpu")(x)
-    assert torch.equal(got, ref)
+    # a loaded network's output conv is computed as a phase conv on CPU (nst.fast.fold): the same
+    # function, summed in another order on some CPUs
+    assert torch.allclose(got, ref, atol=1e-6, rtol=0)
     assert got.shape == x.shape  # 40x30 is not a multiple of 4: padded and cropped back
     # Luminance preservation keeps the content's chroma.
     from nst.color import chroma

@@ -309,10 +309,6 @@ def cmd_video(args: argparse.Namespace) -> int:
         compile_net = args.compile == "on" or (args.compile == "auto" and (not total or total >= COMPILE_MIN_FRAMES))
         model = Stylizer(args.model, style=_choice(args), preserve_color=args.preserve_color,
                          precision=args.precision, device=args.device, compile=compile_net)
-        if model.device.type == "cpu":  # the same network, its 3-channel output conv computed faster
-            from .fold import fold_output_conv
-
-            fold_output_conv(model.net)  # before the first frame, which compiles it
         fs = video.FrameStylizer("fast", model=model, flow=flow, stabilize=args.stabilize, **measure)
         workers = args.workers or (2 if model.device.type == "cpu" and (os.cpu_count() or 1) >= 2 else 1)
         net_info = {"precision": model.precision, "compiled": compile_net}

@@ -47,6 +47,10 @@ class Stylizer:
             path = resolve_model(model)  # a file, or a shipped network's name (`nst models`)
             self.net, self.info = load_model(path, "cpu")
         self.net = self.net.to(self.device).to(memory_format=torch.channels_last).eval()
+        if self.device.type == "cpu" and not isinstance(model, TransformNet):
+            from .fold import fold_output_conv
+
+            fold_output_conv(self.net)  # a loaded network is ours: its 3-channel output conv, computed faster
         try:
             self.style = self.net.style_vector(style if style is not None else 0, self.device)
         except ConfigError as exc:  # name the model and its styles: the line says which file the blend misfits
