@@ -4,12 +4,13 @@ validation photos against the training step, each network's style with Magenta's
 
     python tools/plot_validation.py [--out docs/images/fast_validation_curves.png] [--no-peer]
 
-Reads the histories in training/runs/<name>.ckpt (tools/train_shipped.py writes them).
+Reads training/runs/<name>.validation.json (tools/train_shipped.py writes them when it packs a network).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from train_shipped import EVAL_PHOTOS, IMAGES, NETWORKS, RUNS  # noqa: E402
+from train_shipped import EVAL_PHOTOS, IMAGES, NETWORKS, validation_history  # noqa: E402
 
 
 def peer_scores(style_file: Path) -> tuple[float, float]:
@@ -55,11 +56,10 @@ def main() -> int:
     axes = {a: fig.add_subplot(1, 2, k + 1) for k, a in enumerate(("content", "style"))}
     n = 0
     for name, (styles, _, _) in NETWORKS.items():
-        ckpt = RUNS / f"{name}.ckpt"
-        if len(styles) > 1 or not ckpt.is_file():
+        path = validation_history(name)
+        if len(styles) > 1 or not path.is_file():
             continue
-        history = [h for h in torch.load(ckpt, map_location="cpu", weights_only=True)["history"]
-                   if "val_style_distance" in h]
+        history = json.loads(path.read_text())
         color = CURVE_COLORS[n % len(CURVE_COLORS)]
         n += 1
         peer = None if args.no_peer else peer_scores(IMAGES / styles[0])

@@ -97,6 +97,18 @@ def training_seconds(history: list[dict]) -> float:
     return total + last
 
 
+def validation_history(name: str) -> Path:
+    """training/runs/<name>.validation.json: the scored checks of a training (committed with the network;
+    tools/plot_validation.py draws them)."""
+    return RUNS / f"{name}.validation.json"
+
+
+def write_validation_history(name: str, scored: list[dict]) -> None:
+    from nst.images import atomic_write
+
+    atomic_write(validation_history(name), lambda tmp: Path(tmp).write_text(json.dumps(scored, indent=0)))
+
+
 def _checkpoint_step(cfg: dict) -> int:
     import torch
 
@@ -140,6 +152,7 @@ def train_one(name: str, tracked: bool) -> Path:
     }
     dst = ROOT / "nst" / "data" / "models" / f"{name}.pt"
     pack_model(cfg["out"], dst, provenance)
+    write_validation_history(name, scored)
     print(f"{name}: packed {dst.relative_to(ROOT)} ({dst.stat().st_size / 1e6:.2f} MB); validation "
           f"content {provenance['scores']['val_content_distance']:.3f}, "
           f"style {provenance['scores']['val_style_distance']:.4f}", flush=True)
