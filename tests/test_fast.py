@@ -189,3 +189,28 @@ def test_compiled_stylizer_matches_the_eager_one():
     assert compiled.compiled and compiled.precision == "fp32"
     assert torch.allclose(compiled(x), eager, atol=1e-5)
     assert Stylizer(net, device="cpu", precision="auto").precision in ("fp32", "bf16")
+
+
+def test_keep_best_saves_the_best_validation_check(tmp_path):
+    """keep_best: the saved network is the one of the lowest content x style distance check, kept across a
+    resume, and the result's scores are that check's."""
+    photos = [str(image("tubingen.jpg"))]
+    base = dict(TINY, styles=[str(image("wave.jpg"))], steps=6, eval_photos=photos, eval_every=2, eval_size=48,
+                keep_best=True, checkpoint_every=2)
+    full = train(dict(base, checkpoint=str(tmp_path / "a.ckpt"), out=str(tmp_path / "a.pt")))
+    checks = [h for h in full.history if "val_style_distance" in h]
+    best = min(checks, key=lambda h: h["val_content_distance"] * h["val_style_distance"])
+    assert full.info["best_step"] == int(best["step"])
+    assert full.scores["val_style_distance"] == best["val_style_distance"]
+    net, info = load_model(tmp_path / "a.pt")
+    assert info["meta"]["best_step"] == int(best["step"])
+    from nst.fast.train import score_validation
+
+    cfg = dict(base, styles=tuple(base["styles"]), eval_photos=tuple(photos))
+    from nst.fast.train import make_train_config
+
+    again = score_validation(net, make_train_config(**cfg))
+    assert again["val_style_distance"] == pytest.approx(best["val_style_distance"], rel=1e-4)
+    train(dict(base, steps=4, checkpoint=str(tmp_path / "b.ckpt")))
+    resumed = train(dict(base, checkpoint=str(tmp_path / "b.ckpt")))
+    assert resumed.info["best_step"] == full.info["best_step"]

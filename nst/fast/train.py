@@ -39,7 +39,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CKPT_FORMAT = "nst-fast-ckpt/1"
 #: Settings that may differ between a run and its resumption.
 RESUMABLE = ("steps", "checkpoint", "checkpoint_every", "log_every", "val_every", "out", "resume", "workers", "device",
-             "compile", "eval_photos", "eval_every", "eval_size")
+             "compile", "eval_photos", "eval_every", "eval_size", "keep_best")
 #: `compile="auto"` compiles only runs at least this long: compiling costs ~45 s on a 2-core CPU (a few
 #: seconds once inductor's cache holds the graphs) and saves ~0.1-0.2 s per step there.
 COMPILE_MIN_STEPS = 300
@@ -83,6 +83,8 @@ class TrainConfig(BaseModel):
         (), description="validation photos (not training images) scored by the evaluator during training")
     eval_every: int = Field(0, ge=0, description="score the validation photos every N steps (0: only at the end)")
     eval_size: int = Field(512, ge=16, le=4096, description="longest side the validation photos are stylised at")
+    keep_best: bool = Field(False, description="save the network of the best validation check (lowest content "
+                                               "x style distance) instead of the last one")
     checkpoint: Optional[str] = Field(None, description="checkpoint file (written atomically)")
     checkpoint_every: int = Field(0, ge=0, description="write the checkpoint every N steps (0: only at the end)")
     resume: bool = True
@@ -271,6 +273,7 @@ class _Training:
     run_net: Callable[..., torch.Tensor]  # `net`, or its compiled form
     run_losses: list[Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]
     compiled: bool = False
+    best: dict | None = None  # keep_best: {"step", "state_dict", "scores"} of the best validation check
 
 
 def _prepare(config: TrainConfig) -> _Training:
@@ -398,7 +401,7 @@ def train(
     history: list[dict[str, float]] = []
     ckpt_path = Path(config.checkpoint) if config.checkpoint else None
     if ckpt_path is not None and config.resume and ckpt_path.is_file():
-        start_step, history = _load_checkpoint(ckpt_path, config, t.net, t.opt, t.device)
+        start_step, history, t.best = _load_checkpoint(ckpt_path, config, t.net, t.opt, t.device)
 
     val = _validation_image(config, t.files)
     dataset = CropDataset(t.files, config.size, config.seed)
@@ -426,13 +429,16 @@ def train(
         val_image = stylize_validation(t.net, val, len(config.styles), t.device)
     timings = _timings(config, start_step, setup_s, train_s, t0)
     info = _info(t, start_step)
+    scored = [h for h in history if "val_style_distance" in h]
+    scores = {k: v for k, v in scored[-1].items() if k.startswith("val_")} if scored else None
+    if config.keep_best and t.best is not None:
+        t.net.load_state_dict(t.best["state_dict"])
+        scores, info["best_step"] = dict(t.best["scores"]), t.best["step"]
     t.net.eval()
     model_path = None
     if config.out:
         model_path = save_model(t.net, config.out, [_style_name(s) for s in config.styles],
                                 model_meta(config, info, timings))
-    scored = [h for h in history if "val_style_distance" in h]
-    scores = {k: v for k, v in scored[-1].items() if k.startswith("val_")} if scored else None
     return TrainResult(t.net, history, timings, info, model_path, val_image, scores)
 
 
@@ -480,10 +486,14 @@ def _after_step(t: _Training, step: int, start_step: int, s: int, terms: dict[st
     elapsed = time.perf_counter() - loop_start
     ips = (step - start_step) * config.batch_size / max(elapsed, 1e-9)
     scores = score_validation(t.net, config) if is_eval else None
+    if scores is not None and config.keep_best and (t.best is None or
+                                                    _criterion(scores) < _criterion(t.best["scores"])):
+        t.best = {"step": step, "state_dict": {k: v.detach().cpu().clone() for k, v in t.net.state_dict().items()},
+                  "scores": scores}
     history.append({"step": float(step), "time": elapsed, "style_index": float(s), **losses, **(scores or {})})
     val_image = stylize_validation(t.net, val, len(config.styles), t.device) if is_val else None
     if is_ckpt:
-        _save_checkpoint(ckpt_path, t.net, t.opt, step, config, history)
+        _save_checkpoint(ckpt_path, t.net, t.opt, step, config, history, t.best)
     if callback is not None:
         callback(TrainStep(step, config.steps, losses, elapsed, ips, val_image, scores))
     return val_image
@@ -498,6 +508,7 @@ def model_meta(config: TrainConfig, info: dict, timings: dict) -> dict:
         "content_layers": info["content_layers"],
         "style_layers": info["style_layers"],
         "train_s": float(timings["train_s"]),
+        **({"best_step": int(info["best_step"])} if "best_step" in info else {}),
     }
 
 
@@ -546,7 +557,12 @@ def score_validation(net: TransformNet, config: TrainConfig) -> dict[str, float]
     return scores
 
 
-def _save_checkpoint(path: Path, net, opt, step: int, config: TrainConfig, history) -> None:
+def _criterion(scores: dict[str, float]) -> float:
+    """keep_best's order: content x style distance, so a relative gain on either axis counts alike."""
+    return scores["val_content_distance"] * scores["val_style_distance"]
+
+
+def _save_checkpoint(path: Path, net, opt, step: int, config: TrainConfig, history, best: dict | None) -> None:
     payload = {
         "format": CKPT_FORMAT,
         "model": model_payload(net, [_style_name(s) for s in config.styles]),
@@ -554,11 +570,12 @@ def _save_checkpoint(path: Path, net, opt, step: int, config: TrainConfig, histo
         "step": step,
         "config": config.model_dump(mode="json"),
         "history": history,
+        "best": best,
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _load_checkpoint(path: Path, config: TrainConfig, net, opt, device) -> tuple[int, list]:
+def _load_checkpoint(path: Path, config: TrainConfig, net, opt, device) -> tuple[int, list, dict | None]:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
@@ -570,4 +587,4 @@ def _load_checkpoint(path: Path, config: TrainConfig, net, opt, device) -> tuple
         raise ConfigError(f"{path}: checkpoint was made with different settings: {diff}")
     net.load_state_dict(payload["model"]["state_dict"])
     opt.load_state_dict(payload["optimizer"])
-    return int(payload["step"]), list(payload.get("history", []))
+    return int(payload["step"]), list(payload.get("history", [])), payload.get("best")
