@@ -113,7 +113,7 @@ TRAIN_FLAGS = (
     "size", "style_size", "batch_size", "steps", "lr", "content_weight", "style_weight", "tv_weight", "backbone",
     "weights", "pooling", "content_layers", "style_layers", "norm", "width", "n_residual", "seed", "device",
     "precision", "compile", "workers", "val_image", "val_every", "eval_photos", "eval_every", "eval_size",
-    "checkpoint_every",
+    "keep_best", "checkpoint_every",
 )
 #: The only flags whose default is not `TrainConfig`'s, each with the reason `--help` gives for it.
 #: TrainConfig's 0 (only at the end) suits a library call and a grid cell's short training (whose
@@ -147,6 +147,10 @@ def add_train_flags(p: argparse.ArgumentParser, fields: tuple[str, ...] = TRAIN_
         if name in TRAIN_CLI_DEFAULTS:
             default, why = TRAIN_CLI_DEFAULTS[name]
             help_ += f"; not TrainConfig's {info.default}, so that {why}"
+        if kind is bool:  # a switch: --keep-best / --no-keep-best
+            p.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default,
+                           help=help_)
+            continue
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=help_, **extra)
 
 
