@@ -53,3 +53,16 @@ def isolated_tracking(mp: pytest.MonkeyPatch, root) -> None:
     mp.setenv("NST_HOME", str(root / "home"))
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'home' / 'mlflow.db'}")
     mp.delenv("NST_ARTIFACT_ROOT", raising=False)
+
+
+def train_tiny_model(out, style: str):
+    """A real 2-step `nst train` model at width 8 on the 12 bundled COCO photos (tests of model files)."""
+    from pathlib import Path
+
+    from nst.fast.train import train
+
+    images = Path(image("tubingen.jpg")).parents[1] / "coco" / "train"
+    train(dict(images=str(images), styles=[str(image(style))], size=32, batch_size=2, steps=2, width=8,
+               n_residual=1, device="cpu", precision="fp32", content_layers=["relu2_2"],
+               style_layers=["relu1_1", "relu2_1", "relu3_1"], val_size=32, out=str(out)))
+    return out

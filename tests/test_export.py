@@ -9,18 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_tiny_model
 from nst.cli import main
 from nst.data import image
 from nst.fast.infer import Stylizer
 from nst.fast.models import MODELS_ENV, pack_model
 from nst.fast.network import NetConfig, TransformNet, save_model
-from nst.fast.train import train
 from nst.images import load_image
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-TRAIN_IMAGES = Path(image("tubingen.jpg")).parents[1] / "coco" / "train"
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +33,7 @@ def photo() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def one_style(tmp_path_factory) -> Path:
     """A real 1-style training (2 steps of `nst.fast.train.train`)."""
-    out = tmp_path_factory.mktemp("export") / "starry_night.pt"
-    train(dict(images=str(TRAIN_IMAGES), styles=[str(image("starry_night.jpg"))], size=32, batch_size=2, steps=2,
-               width=8, n_residual=1, device="cpu", precision="fp32", content_layers=["relu2_2"],
-               style_layers=["relu1_1", "relu2_1", "relu3_1"], val_size=32, out=str(out)))
-    return out
+    return train_tiny_model(tmp_path_factory.mktemp("export") / "starry_night.pt", "starry_night.jpg")
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import train_tiny_model
 from nst.cli import main
 from nst.data import image
 from nst.errors import ConfigError, WeightsError
 from nst.fast.infer import Stylizer
 from nst.fast.models import MODELS_ENV, pack_model, resolve_model, score, shipped_models
 from nst.fast.network import NetConfig, TransformNet, load_model, save_model
-from nst.fast.train import train
 from nst.images import load_image
 
-TRAIN_IMAGES = Path(image("tubingen.jpg")).parents[1] / "coco" / "train"  # 12 real COCO photos, bundled
 SCORES = {"content_distance": 0.61, "style_distance": 0.42, "ssim": 0.3}
 
 
@@ -38,11 +37,7 @@ def _perturbed(cfg: NetConfig, seed: int = 0) -> TransformNet:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A real (tiny, 2-step) `nst train` model: its meta is what pack_model reads."""
-    out = tmp_path_factory.mktemp("trained") / "wave.pt"
-    train(dict(images=str(TRAIN_IMAGES), styles=[str(image("wave.jpg"))], size=32, batch_size=2, steps=2,
-               width=8, n_residual=1, device="cpu", precision="fp32", content_layers=["relu2_2"],
-               style_layers=["relu1_1", "relu2_1", "relu3_1"], val_size=32, out=str(out)))
-    return out
+    return train_tiny_model(tmp_path_factory.mktemp("trained") / "wave.pt", "wave.jpg")
 
 
 @pytest.fixture()

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import ConfigError, WeightsError
 from ..images import atomic_write
-from .network import FORMAT
+from .network import read_payload
 
 #: Where the shipped networks are (package data); ``NST_MODELS_DIR`` overrides it.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
@@ -94,21 +94,11 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_file() and p.suffix == SUFFIX and not p.name.startswith("."))
 
 
-def _read(path: Path) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path}: not a model file ({str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise WeightsError(f"{path}: not an nst fast model (expected format {FORMAT})")
-    return payload
-
-
 def shipped_models(root: str | os.PathLike | None = None) -> list[ModelInfo]:
     """The networks in `root` (default `models_dir()`), by name; a broken file there is a `WeightsError`."""
     out = []
     for p in _files(Path(root) if root is not None else models_dir()):
-        payload = _read(p)
+        payload = read_payload(p)
         meta = payload.get("meta") or {}
         out.append(ModelInfo(p.stem, p, list(payload.get("styles", [])), p.stat().st_size,
                              dict(meta.get("provenance") or {}), dict(payload.get("arch") or {})))
@@ -217,7 +207,7 @@ def pack_model(src: str | os.PathLike, dst: str | os.PathLike, provenance: Mappi
     src, given = Path(src), dict(provenance or {})
     if not src.is_file():
         raise WeightsError(f"{src}: model file not found")
-    payload = _read(src)
+    payload = read_payload(src)
     meta = dict(payload.get("meta") or {})
     cfg = dict(meta.get("train_config") or {})
     names = list(payload.get("styles", []))

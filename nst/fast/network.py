@@ -199,17 +199,23 @@ def save_model(net: TransformNet, path: str | os.PathLike, styles: Sequence[str]
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def read_payload(path: Path) -> dict:
+    """A model file's payload (CPU tensors, weights_only); a file that is not a model is a `WeightsError`."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path}: not a model file ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not an nst fast model (expected format {FORMAT})")
+    return payload
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[TransformNet, dict]:
     """Load a saved model in eval mode; returns (net, info) with info = styles + meta."""
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"{p}: model file not found")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{p}: not a model file ({str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise WeightsError(f"{p}: not an nst fast model (expected format {FORMAT})")
+    payload = read_payload(p)
     net = TransformNet(NetConfig(**payload["arch"]))
     try:
         net.load_state_dict(payload["state_dict"])
