@@ -87,3 +87,28 @@ def match_color(source: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5
 def chroma(image: torch.Tensor) -> torch.Tensor:
     """The I and Q channels ``[N, 2, H, W]``."""
     return rgb_to_yiq(image)[:, 1:]
+
+
+#: sRGB (D65) linear RGB -> CIE XYZ, and the D65 white point (IEC 61966-2-1).
+_RGB_TO_XYZ = torch.tensor(
+    [
+        [0.4124564, 0.3575761, 0.1804375],
+        [0.2126729, 0.7151522, 0.0721750],
+        [0.0193339, 0.1191920, 0.9503041],
+    ]
+)
+_D65 = (0.95047, 1.0, 1.08883)
+
+
+def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
+    """CIELAB (D65) of an sRGB ``[N, 3, H, W]`` image in [0, 1]: L in [0, 100], a and b about [-110, 110].
+
+    A perceptual space (Euclidean distance ~ colour difference, Delta E 1976) for the evaluator's
+    colour-distribution distance; RGB distances overweight the greens and the dark tones."""
+    x = image.float().clamp(0, 1)
+    lin = torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    xyz = _apply(_RGB_TO_XYZ, lin) / torch.tensor(_D65, dtype=x.dtype).view(1, 3, 1, 1)
+    d = 6 / 29
+    f = torch.where(xyz > d**3, xyz.clamp_min(1e-12) ** (1 / 3), xyz / (3 * d * d) + 4 / 29)
+    fx, fy, fz = f[:, 0:1], f[:, 1:2], f[:, 2:3]
+    return torch.cat([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
