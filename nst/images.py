@@ -151,6 +151,24 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
+def encode_jpeg(image: torch.Tensor, quality: int = 88) -> torch.Tensor:
+    """The image as JPEG bytes in a uint8 tensor: small, and loadable with ``torch.load(weights_only=True)``
+    (a training's evolution frames travel inside checkpoints and model files this way)."""
+    import io
+
+    buf = io.BytesIO()
+    to_pil(image).save(buf, format="JPEG", quality=quality, subsampling=0)  # 4:4:4: stylised textures are colourful
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8).clone()
+
+
+def decode_jpeg(data: torch.Tensor) -> torch.Tensor:
+    """`encode_jpeg`'s inverse: ``[1, 3, H, W]`` float32 in [0, 1]."""
+    import io
+
+    arr = np.asarray(Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto `path`, so readers never see half a file."""
     dest = Path(path)

@@ -44,6 +44,14 @@ def test_training_loss_falls_and_callback_reports(trained):
     vals = [s.step for s in seen if s.val_image is not None]
     assert vals == [5, 10] and max(seen[-1].val_image.shape[-2:]) == 32
     assert res.timings["images_per_s"] > 0 and out.is_file()
+    # the evolution travels with the network: its validation frames, as JPEG, in the model file
+    from nst.images import decode_jpeg
+
+    evo = load_model(out)[1]["meta"]["evolution"]
+    assert evo["steps"] == [5, 10]
+    frame = decode_jpeg(evo["jpeg"][-1])
+    assert frame.shape == seen[-1].val_image.shape
+    assert (frame - seen[-1].val_image).abs().mean() < 0.03  # JPEG-close to the image the callback saw
 
 
 def test_saved_model_reloads_identically(trained, tmp_path):
@@ -66,11 +74,13 @@ def test_saved_model_reloads_identically(trained, tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    base = dict(TINY, styles=[str(image("the_scream.jpg"))], steps=4, seed=3, checkpoint_every=2)
+    base = dict(TINY, styles=[str(image("the_scream.jpg"))], steps=4, seed=3, checkpoint_every=2, val_every=1)
     full = train(dict(base, checkpoint=str(tmp_path / "a.ckpt")))
     first = train(dict(base, steps=2, checkpoint=str(tmp_path / "b.ckpt")))
-    resumed = train(dict(base, checkpoint=str(tmp_path / "b.ckpt")))
+    resumed = train(dict(base, checkpoint=str(tmp_path / "b.ckpt"), out=str(tmp_path / "b.pt")))
     assert resumed.info["start_step"] == 2 and len(resumed.history) == 4
+    # the evolution spans both sittings
+    assert load_model(tmp_path / "b.pt")[1]["meta"]["evolution"]["steps"] == [1, 2, 3, 4]
     for k, v in full.net.state_dict().items():
         assert torch.equal(v, resumed.net.state_dict()[k]), k
     assert not torch.equal(first.net.state_dict()["out.weight"], full.net.state_dict()["out.weight"])

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
@@ -31,7 +31,7 @@ from .. import backbones
 from ..config import format_validation_error
 from ..errors import ConfigError, DivergedError, ImageError
 from ..features import FeatureExtractor, autocast_context, loss_network
-from ..images import atomic_write, load_image, resize
+from ..images import atomic_write, encode_jpeg, load_image, resize
 from ..losses import PerceptualLoss, gram_matrix, normalised_layer_weights
 from .network import NetConfig, TransformNet, model_payload, save_model
 
@@ -274,6 +274,9 @@ class _Training:
     run_losses: list[Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]
     compiled: bool = False
     best: dict | None = None  # keep_best: {"step", "state_dict", "scores"} of the best validation check
+    #: the validation image at every validation step, as (step, JPEG bytes): the "evolution over the steps"
+    #: figure, kept in the checkpoint (so it spans sittings) and in the model file
+    evolution: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
 def _prepare(config: TrainConfig) -> _Training:
@@ -401,7 +404,7 @@ def train(
     history: list[dict[str, float]] = []
     ckpt_path = Path(config.checkpoint) if config.checkpoint else None
     if ckpt_path is not None and config.resume and ckpt_path.is_file():
-        start_step, history, t.best = _load_checkpoint(ckpt_path, config, t.net, t.opt, t.device)
+        start_step, history, t.best, t.evolution = _load_checkpoint(ckpt_path, config, t.net, t.opt, t.device)
 
     val = _validation_image(config, t.files)
     dataset = CropDataset(t.files, config.size, config.seed)
@@ -438,7 +441,7 @@ def train(
     model_path = None
     if config.out:
         model_path = save_model(t.net, config.out, [_style_name(s) for s in config.styles],
-                                model_meta(config, info, timings))
+                                model_meta(config, info, timings, t.evolution))
     return TrainResult(t.net, history, timings, info, model_path, val_image, scores)
 
 
@@ -492,16 +495,22 @@ def _after_step(t: _Training, step: int, start_step: int, s: int, terms: dict[st
                   "scores": scores}
     history.append({"step": float(step), "time": elapsed, "style_index": float(s), **losses, **(scores or {})})
     val_image = stylize_validation(t.net, val, len(config.styles), t.device) if is_val else None
+    if val_image is not None:
+        t.evolution.append((step, encode_jpeg(val_image)))
     if is_ckpt:
-        _save_checkpoint(ckpt_path, t.net, t.opt, step, config, history, t.best)
+        _save_checkpoint(ckpt_path, t.net, t.opt, step, config, history, t.best, t.evolution)
     if callback is not None:
         callback(TrainStep(step, config.steps, losses, elapsed, ips, val_image, scores))
     return val_image
 
 
-def model_meta(config: TrainConfig, info: dict, timings: dict) -> dict:
-    """Provenance stored inside the model file (plain types only: loads with weights_only)."""
+def model_meta(config: TrainConfig, info: dict, timings: dict,
+               evolution: list[tuple[int, torch.Tensor]] | None = None) -> dict:
+    """Provenance stored inside the model file (plain types and tensors only: loads with weights_only);
+    ``evolution``: the validation image's steps and JPEG frames, when the training made any."""
     return {
+        **({"evolution": {"steps": [s for s, _ in evolution], "jpeg": [j for _, j in evolution]}}
+           if evolution else {}),
         "train_config": config.model_dump(mode="json"),
         "backbone": info["backbone"],
         "weights_source": info["weights_source"],
@@ -562,7 +571,8 @@ def _criterion(scores: dict[str, float]) -> float:
     return scores["val_content_distance"] * scores["val_style_distance"]
 
 
-def _save_checkpoint(path: Path, net, opt, step: int, config: TrainConfig, history, best: dict | None) -> None:
+def _save_checkpoint(path: Path, net, opt, step: int, config: TrainConfig, history, best: dict | None,
+                     evolution: list[tuple[int, torch.Tensor]]) -> None:
     payload = {
         "format": CKPT_FORMAT,
         "model": model_payload(net, [_style_name(s) for s in config.styles]),
@@ -571,11 +581,13 @@ def _save_checkpoint(path: Path, net, opt, step: int, config: TrainConfig, histo
         "config": config.model_dump(mode="json"),
         "history": history,
         "best": best,
+        "evolution": [[s, j] for s, j in evolution],
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _load_checkpoint(path: Path, config: TrainConfig, net, opt, device) -> tuple[int, list, dict | None]:
+def _load_checkpoint(path: Path, config: TrainConfig, net, opt, device
+                     ) -> tuple[int, list, dict | None, list[tuple[int, torch.Tensor]]]:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
@@ -587,4 +599,5 @@ def _load_checkpoint(path: Path, config: TrainConfig, net, opt, device) -> tuple
         raise ConfigError(f"{path}: checkpoint was made with different settings: {diff}")
     net.load_state_dict(payload["model"]["state_dict"])
     opt.load_state_dict(payload["optimizer"])
-    return int(payload["step"]), list(payload.get("history", [])), payload.get("best")
+    evolution = [(int(s), j.cpu()) for s, j in payload.get("evolution", [])]  # older checkpoints: none
+    return int(payload["step"]), list(payload.get("history", [])), payload.get("best"), evolution
