@@ -36,6 +36,10 @@ def add_commands(sub) -> None:
     rp.add_argument("--grid", required=True)
     rp.add_argument("--file", help="experiments file: restrict to its current cells and use its sheet layout")
     rp.add_argument("--reports", help="reports folder (default ./reports)")
+    rp.add_argument("--rescore", metavar="EVALUATOR", choices=("fixed", "robust"),
+                    help="first score the finished cells with this evaluator (fixed or robust; from their logged "
+                         "output.png and inputs, no cell runs again; cells it already scored are skipped)")
+    rp.add_argument("--device", default="cpu", help="device of the evaluator for --rescore")
     rp.set_defaults(func=cmd_report)
 
     ls = gsub.add_parser("list", help="list the grids of an experiments file")
@@ -225,7 +229,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from flows.report import report_flow
 
     _quiet_run_failures(args)
-    out = report_flow(args.grid, args.file, args.reports)
+    out = report_flow(args.grid, args.file, args.reports, rescore=args.rescore, device=args.device)
+    if "rescored" in out:
+        r = out["rescored"]
+        print(f"rescored with {r['evaluator']}: {len(r['scored'])} cells, {len(r['skipped'])} already scored, "
+              f"{len(r['failed'])} failed" + "".join(f"\n  {k}: {v}" for k, v in r["failed"].items()))
     print(f"grid {args.grid}: {out['cells']} cells")
     for k, v in out["report"].items():
         print(f"  {k:18s} {v}")

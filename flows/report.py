@@ -13,8 +13,10 @@ from tasks import settings, tracking
 
 
 @flow(name="nst-report", log_prints=True)
-def report_flow(grid: str, experiments: str | None = None, reports_dir: str | None = None) -> dict[str, Any]:
-    """Tables for `grid` (restricted to the YAML's current cells when `experiments` is given)."""
+def report_flow(grid: str, experiments: str | None = None, reports_dir: str | None = None,
+                rescore: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Tables for `grid` (restricted to the YAML's current cells when `experiments` is given); with `rescore`
+    (an evaluator's name) its finished cells are scored by that evaluator first (`tasks.rescore`)."""
     exp_id = tracking.experiment_id(grid, create=False)
     if exp_id is None:
         raise ConfigError(f"grid '{grid}': no MLflow experiment '{tracking.experiment_name(grid)}' at "
@@ -28,6 +30,11 @@ def report_flow(grid: str, experiments: str | None = None, reports_dir: str | No
         g = load_grid(experiments, grid, methods.names())
         cell_ids = [c.cell_id for c in g.cells]
         rows, cols, summary_by = g.spec.contact_sheet.rows, g.spec.contact_sheet.cols, g.spec.summary_by
+    rescored = None
+    if rescore:
+        from tasks.rescore import rescore as rescore_cells
+
+        rescored = rescore_cells(exp_id, rescore, cell_ids, device)
     out = Path(reports_dir or settings.reports_dir()) / grid
     rep = report_mod.build_report(grid, exp_id, out, cell_ids, rows, cols, summary_by)
     if rep.table.empty:
@@ -35,4 +42,8 @@ def report_flow(grid: str, experiments: str | None = None, reports_dir: str | No
     from flows.artifacts import table_artifact
 
     table_artifact(grid, rep)
-    return {"grid": grid, "cells": len(rep.table), "report": {k: str(v) for k, v in rep.files.items()}}
+    result = {"grid": grid, "cells": len(rep.table), "report": {k: str(v) for k, v in rep.files.items()}}
+    if rescored is not None:
+        result["rescored"] = {"evaluator": rescore, "scored": rescored.scored, "skipped": rescored.skipped,
+                              "failed": rescored.failed}
+    return result

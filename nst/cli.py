@@ -90,6 +90,7 @@ def _add_stylize(sub) -> None:
                    help="print the expected peak memory, time per step and tiling of each scale; run nothing")
     p.add_argument("--save-every", type=int, default=0, help="also save the image every N steps next to --out")
     p.add_argument("--evaluate", action="store_true", help="print the fixed evaluator's scores of the result")
+    _add_evaluator_flag(p, "with --evaluate: ")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("regions (a different style per region; see nst.regions)")
     g.add_argument("--regions", help="coco:CAT[,CAT..] (needs --coco), person (offline segmenter), "
@@ -166,11 +167,11 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     save_image(result.image, out)
-    _report(result, out, args.evaluate, content, styles, config)
+    _report(result, out, args.evaluate, content, styles, config, args.evaluator)
     return 0
 
 
-def _report(result, out: Path, evaluate_it: bool, content, styles, config) -> None:
+def _report(result, out: Path, evaluate_it: bool, content, styles, config, evaluator: str = "fixed") -> None:
     """What `nst stylize` prints after saving: time, tiling and peak memory, evaluator scores if asked."""
     from .evaluate import evaluate
 
@@ -187,7 +188,7 @@ def _report(result, out: Path, evaluate_it: bool, content, styles, config) -> No
         print(f"tiled scales {', '.join(f'{w}x{h}' for h, w in result.info['tiled_scales'])}: peak memory "
               f"{peak / 2**30:.2f} GB (process RSS; estimate {est / 1024:.2f} GB)")
     if evaluate_it:
-        scores = evaluate(result.image, content, styles, config.style_weights)
+        scores = evaluate(result.image, content, styles, config.style_weights, evaluator=evaluator)
         extra = {}
         if config.photoreal_weight:
             from .photoreal import photoreal_energy
@@ -305,12 +306,20 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluator_flag(p, prefix: str = "") -> None:
+    """``--evaluator``: which of `nst.evaluate.EVALUATORS` scores (the names spelled out: nst.cli stays light)."""
+    p.add_argument("--evaluator", choices=("fixed", "robust"), default="fixed",
+                   help=prefix + "fixed (scores comparable with every earlier one) or robust (style distance over "
+                   "three style scales, sliced Wasserstein and colour distances; its own id)")
+
+
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score an output with the fixed evaluator")
+    p = sub.add_parser("evaluate", help="score an output with an evaluator (the fixed one unless --evaluator)")
     p.add_argument("--output", required=True, help="stylised image")
     p.add_argument("--content", required=True)
     p.add_argument("--style", action="append", required=True)
     p.add_argument("--style-weights", nargs="+", type=float)
+    _add_evaluator_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -319,7 +328,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .images import load_image
 
     scores = evaluate(
-        load_image(args.output), load_image(args.content), [load_image(s) for s in args.style], args.style_weights
+        load_image(args.output), load_image(args.content), [load_image(s) for s in args.style], args.style_weights,
+        evaluator=args.evaluator,
     )
     print(json.dumps(scores.to_dict()))
     return 0

@@ -82,6 +82,10 @@ class ContactSheet(BaseModel):
     cols: Optional[str] = None
 
 
+#: The names of `nst.evaluate.EVALUATORS` (tests/test_evaluate_robust.py keeps the two lists equal).
+EvaluatorName = Literal["fixed", "robust"]
+
+
 class GridSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str = ""
@@ -95,6 +99,9 @@ class GridSpec(BaseModel):
     summary_by: Optional[str] = None
     evaluate: bool = True
     eval_resolution: int = Field(512, ge=16, le=4096)
+    evaluators: list[EvaluatorName] = Field(
+        default_factory=lambda: ["fixed"], min_length=1,
+        description="evaluators that score every cell (nst.evaluate.EVALUATORS): fixed, robust")
     intermediate_images: int = Field(3, ge=0, le=50)
     batch: int = Field(1, ge=1, le=1024, description="cells of one shape optimised together (results do not change)")
     batch_pixels: Optional[int] = Field(
@@ -656,6 +663,7 @@ def expand(exp: Experiments, name: str, methods: Iterable[str] | None = None,
     options = {
         "evaluate": spec.evaluate,
         "eval_resolution": spec.eval_resolution,
+        "evaluators": list(spec.evaluators),
         "intermediate_images": spec.intermediate_images,
     }
     cells: list[Cell] = []

@@ -18,9 +18,9 @@ import psutil
 import torch
 
 from nst import methods
-from nst.evaluate import Evaluator, shared_evaluator
+from nst.evaluate import Evaluator, RobustEvaluator, shared_evaluator
 from nst.experiments import Cell
-from nst.images import save_image
+from nst.images import load_image, save_image
 from nst.methods import Method, MethodInputs, MethodResult
 from nst.optimize import StepInfo
 
@@ -43,6 +43,22 @@ def method_metrics(cell: Cell, method: Method, res: MethodResult, inputs: Method
     return method.measure(res, inputs, evaluator)
 
 
+def evaluator_scores(cell: Cell, image: torch.Tensor, inputs: CellInputs, name: str, device: str,
+                     resolution: int) -> tuple[dict[str, float], dict[str, str]]:
+    """One evaluator's scores of a cell's output as metrics, and the tag ``<prefix>evaluator`` = its id, so that
+    every logged score names the instrument that measured it (a cell's run and `tasks.rescore` alike).
+
+    The fixed evaluator scores against the cell's own style images (as it always has, so its scores stay
+    comparable); the robust one reads them again at its `style_size`, so that none of its three scales is an
+    upsampled copy of a style image read at the cell's (smaller) size."""
+    ev = shared_evaluator(device, resolution, name)
+    styles = inputs.styles
+    if isinstance(ev, RobustEvaluator) and len(cell.styles) == len(styles):
+        styles = [load_image(p, size=ev.style_size) for p in cell.styles]
+    scores = ev.score(image, inputs.content, styles, cell.config.style_weights)
+    return scores.as_metrics(ev.prefix), {f"{ev.prefix}evaluator": ev.id}
+
+
 class CellLog:
     """One cell's inputs, progress bar, intermediate images and memory watch, then everything it logs."""
 
@@ -61,6 +77,7 @@ class CellLog:
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(device)
         self.frames: list[tuple[int, torch.Tensor]] = []
+        self.tags: dict[str, str] = {}  # the evaluators' ids, one tag per metric prefix (`evaluator_scores`)
         self.bar = tqdm(total=self.total, desc=f"cell {cell.index}", unit="step", leave=False, disable=not progress,
                         dynamic_ncols=True)
         self.sysmon = mlflow_views.start_system_metrics(run_id, tracking.settings.tracking_uri())  # system/* metrics
@@ -82,9 +99,10 @@ class CellLog:
         """Record the cell's result (`mi`: what the method ran on, for its `measure`)."""
         step_metrics = [(int(h["step"]), {f"loss_{k}": v for k, v in h.items() if k not in ("step", "stage", "time")})
                         for h in res.history]
-        tracking.log_batch(self.run_id, metrics=self.metrics(res, wall, mi), step_metrics=step_metrics,
+        metrics = self.metrics(res, wall, mi)
+        tracking.log_batch(self.run_id, metrics=metrics, step_metrics=step_metrics,
                            tags={"weights_source": res.info.get("weights_source", "?"),
-                                 "precision": res.info.get("precision", "?")})
+                                 "precision": res.info.get("precision", "?"), **self.tags})
         self.log_files(res)
         self.log_step_images(res)
 
@@ -105,9 +123,12 @@ class CellLog:
         if res.history:
             metrics.update({f"final_{k}": v for k, v in res.history[-1].items() if k not in ("step", "stage", "time")})
         if cell.options.get("evaluate", True):
-            ev = shared_evaluator(device, int(cell.options.get("eval_resolution", 512)))
-            metrics.update(ev.score(res.image, self.inputs.content, self.inputs.styles,
-                                    cell.config.style_weights).as_metrics())
+            resolution = int(cell.options.get("eval_resolution", 512))
+            for name in cell.options.get("evaluators", ["fixed"]):
+                scores, tags = evaluator_scores(cell, res.image, self.inputs, name, device, resolution)
+                metrics.update(scores)
+                self.tags.update(tags)
+            ev = shared_evaluator(device, resolution)
             metrics.update(method_metrics(cell, methods.get(cell.method), res, mi, ev))
         return metrics
 

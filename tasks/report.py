@@ -25,12 +25,14 @@ from . import tracking
 #: Metric columns first in this order (others follow alphabetically).
 METRIC_ORDER = (
     "eval_content_distance", "eval_style_distance", "eval_ssim",
+    "robust_content_distance", "robust_style_distance", "robust_style_swd", "robust_color_distance", "robust_ssim",
     "leak_ratio", "leak_own", "leak_other",
     "warping_error", "frames", "frames_per_s", "train_s", "images_per_s",
     "optimize_s", "s_per_step", "wall_s", "targets_s", "peak_rss_mb", "peak_gpu_mem_mb",
     "final_total", "final_content", "final_style", "final_tv",
 )
 TIMING = ("optimize_s", "s_per_step", "wall_s", "peak_rss_mb", "peak_gpu_mem_mb")
+ROBUST = ("robust_content_distance", "robust_style_distance", "robust_style_swd", "robust_color_distance")
 LEAKAGE = ("leak_ratio", "leak_own", "leak_other")  # region methods (nst.regions.leakage)
 MEDIA = ("warping_error", "frames_per_s", "train_s", "images_per_s")  # video and fast cells (tasks.media)
 THUMB = sheets.THUMB
@@ -127,8 +129,8 @@ def to_html(df: pd.DataFrame, grid: str, thumbs: dict[str, str], extra: str = ""
 
 def summary(df: pd.DataFrame, by: str) -> pd.DataFrame:
     """Mean timing and evaluator metrics per value of one axis (e.g. seed 000's network timing table)."""
-    cols = [c for c in (*TIMING, "eval_content_distance", "eval_style_distance", "eval_ssim", *LEAKAGE, *MEDIA)
-            if c in df]
+    cols = [c for c in (*TIMING, "eval_content_distance", "eval_style_distance", "eval_ssim", *ROBUST, *LEAKAGE,
+                        *MEDIA) if c in df]
     ok = df[df["status"] == "FINISHED"]
     out = ok.groupby(by, sort=False)[cols].mean() if cols and len(ok) else pd.DataFrame(columns=cols)
     out.insert(0, "cells", ok.groupby(by, sort=False).size() if len(ok) else 0)
