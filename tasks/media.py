@@ -24,8 +24,8 @@ from typing import Any, Callable
 from nst import methods
 from nst.errors import ImageError
 from nst.experiments import Cell
-from nst.fast.train import TrainStep
-from nst.images import load_image
+from nst.fast.train import TrainStep, evolution_frames
+from nst.images import load_image, save_image
 from nst.methods import MethodInputs, MethodResult
 from nst.optimize import StepInfo, style_size
 from nst.options import FastOptions, TrainOptions, VideoOptions
@@ -42,6 +42,12 @@ def _network(cell: Cell, opts: TrainOptions, inputs: CellInputs, device: str, ca
     if opts.model:
         st = opts.stylizer(None, cell.config, len(cell.styles), device)
         meta = st.info.get("meta", {})
+        frames = evolution_frames(meta.get("evolution"))
+        if frames:  # how the network got there: its training's validation image, step by step
+            from .train import evolution_image
+
+            path = save_image(evolution_image(frames), tmp / "evolution.png")
+            tracking.client().log_artifact(inputs.run_id, str(path))
         return st, {"model": Path(opts.model).name, "weights_source": meta.get("weights_source", "?"),
                     "precision": st.precision}
     from .train import train_logged

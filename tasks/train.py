@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from nst.errors import NSTError
-from nst.fast.train import TrainResult, TrainStep, make_train_config, train
+from nst.fast.train import TrainResult, TrainStep, evolution_frames, make_train_config, train
 from nst.images import save_image
 
 from . import mlflow_views, tracking
@@ -68,6 +68,11 @@ def _train_and_log(config, run_id: str, tmp: Path, progress: bool) -> dict[str, 
     wall = time.perf_counter() - t0
     tracking.log_batch(run_id, metrics={"wall_s": wall})
     return {"train_s": res.timings["train_s"], "images_per_s": res.timings["images_per_s"], "wall_s": wall}
+
+
+def evolution_image(frames: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """`evolution.png`: the validation image at each validation step, top to bottom."""
+    return torch.cat([f for _, f in frames], dim=-2)
 
 
 def train_logged(config, run_id: str, tmp: Path, progress: bool = True, *, on_step=None,
@@ -124,8 +129,9 @@ def _log_outcome(client, run_id: str, config, res: TrainResult, frames: list[tup
     tracking.log_batch(run_id, metrics=metrics, tags={"weights_source": res.info["weights_source"],
                                                       "precision": res.info["precision"]})
     art = tmp / "artifacts"
+    frames = evolution_frames(res.evolution) or frames  # every sitting's, when the training resumed
     if frames:
-        save_image(torch.cat([f for _, f in frames], dim=-2), art / "evolution.png")
+        save_image(evolution_image(frames), art / "evolution.png")
     if res.history:
         loss_curve(res.history, art / "loss_curve.png", f"train {Path(config.out or 'model').stem}")
         validation_curve(res.history, art / "validation_curve.png",

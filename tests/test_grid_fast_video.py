@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import isolated_tracking
+from conftest import isolated_tracking, train_tiny_model
 from nst.errors import ConfigError
 from nst.experiments import load_grid
 
@@ -44,6 +44,14 @@ grids:
       val_every: 5{tiny}
     axes:
       norm: [batch]  # keep the test short: instance norm is the default, used by `nst train`'s tests
+    eval_resolution: 64
+  fast-model:
+    settings:
+      method: fast
+      content: {data}/images/tubingen.jpg
+      style: {data}/images/wave.jpg
+      size: 48
+      model: {trained}
     eval_resolution: 64
   video:
     settings:
@@ -72,7 +80,9 @@ def home(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("fast-video")
     torch.manual_seed(0)  # the video grid's fast mode applies this (untrained) network: the `model` option
     model = save_model(TransformNet(NetConfig(width=4, n_residual=1)), tmp / "net.pt", ["starry_night"])
-    (tmp / "exp.yaml").write_text(GRIDS.format(data=DATA, tiny=TINY.format(data=DATA).rstrip(), model=model))
+    trained = train_tiny_model(tmp / "wave.pt", "wave.jpg")
+    (tmp / "exp.yaml").write_text(GRIDS.format(data=DATA, tiny=TINY.format(data=DATA).rstrip(), model=model,
+                                               trained=trained))
     with pytest.MonkeyPatch.context() as mp:
         isolated_tracking(mp, tmp)
         yield tmp
@@ -117,6 +127,23 @@ def test_fast_grid_trains_logs_and_scores(home: Path, prefect_server):
     assert {"norm", "train_s", "images_per_s", "eval_style_distance", "wall_s"} <= set(table)
     assert table[["train_s", "images_per_s", "eval_style_distance"]].notna().all().all()
     assert (home / "reports" / "fast" / "contact_sheet.png").is_file()
+
+
+def test_fast_cell_with_a_trained_model_logs_its_training_evolution(home: Path, prefect_server):
+    """A cell that applies a trained network (no training in the cell) shows how that network was trained:
+    the validation images its model file carries become the cell's evolution.png."""
+    out = _run(home, "fast-model")
+    assert [r["status"] for r in out["results"]] == ["FINISHED"], out["results"]
+    client = _client(home)
+    rid = out["results"][0]["run_id"]
+    path = client.download_artifacts(rid, "evolution.png", str(home / "dl" / "evo"))
+    from nst.fast.network import load_model
+    from nst.fast.train import evolution_frames
+    from nst.images import load_image
+
+    frames = evolution_frames(load_model(home / "wave.pt")[1]["meta"]["evolution"])
+    assert frames and load_image(path).shape[-2:] == (sum(f.shape[-2] for _, f in frames), frames[0][1].shape[-1])
+    assert "train_s" not in client.get_run(rid).data.metrics  # applied, not trained here
 
 
 def test_video_grid_warping_error_column_and_temporal_consistency(home: Path, prefect_server):

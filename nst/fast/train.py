@@ -31,7 +31,7 @@ from .. import backbones
 from ..config import format_validation_error
 from ..errors import ConfigError, DivergedError, ImageError
 from ..features import FeatureExtractor, autocast_context, loss_network
-from ..images import atomic_write, encode_jpeg, load_image, resize
+from ..images import atomic_write, decode_jpeg, encode_jpeg, load_image, resize
 from ..losses import PerceptualLoss, gram_matrix, normalised_layer_weights
 from .network import NetConfig, TransformNet, model_payload, save_model
 
@@ -127,6 +127,8 @@ class TrainResult:
     model_path: Path | None
     val_image: torch.Tensor | None
     scores: dict[str, float] | None = None  # the last evaluator scores of the validation photos
+    #: (step, JPEG) of every validation image of the training, all sittings (`evolution_frames` decodes)
+    evolution: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- data
@@ -442,7 +444,7 @@ def train(
     if config.out:
         model_path = save_model(t.net, config.out, [_style_name(s) for s in config.styles],
                                 model_meta(config, info, timings, t.evolution))
-    return TrainResult(t.net, history, timings, info, model_path, val_image, scores)
+    return TrainResult(t.net, history, timings, info, model_path, val_image, scores, list(t.evolution))
 
 
 def _info(t: _Training, start_step: int) -> dict[str, object]:
@@ -519,6 +521,15 @@ def model_meta(config: TrainConfig, info: dict, timings: dict,
         "train_s": float(timings["train_s"]),
         **({"best_step": int(info["best_step"])} if "best_step" in info else {}),
     }
+
+
+def evolution_frames(evolution: list[tuple[int, torch.Tensor]] | dict | None) -> list[tuple[int, torch.Tensor]]:
+    """The validation images of a training as (step, image): from `TrainResult.evolution` or from a model
+    file's ``meta["evolution"]`` (none for networks trained before it was recorded)."""
+    if not evolution:
+        return []
+    pairs = zip(evolution["steps"], evolution["jpeg"]) if isinstance(evolution, dict) else evolution
+    return [(int(step), decode_jpeg(jpeg)) for step, jpeg in pairs]
 
 
 def _validation_image(config: TrainConfig, files: list[Path]) -> torch.Tensor:
