@@ -224,14 +224,14 @@ def projected_quantiles(points: torch.Tensor, proj: torch.Tensor, m: int = SWD_Q
     a layer's value by about 1%."""
     n = points.shape[0]
     if n > max_points:
-        points = points[torch.randperm(n, generator=torch.Generator().manual_seed(n))[:max_points]]
-    y = (points.float() @ proj).sort(dim=0).values
+        points = points[torch.randperm(n, generator=torch.Generator().manual_seed(n))[:max_points].to(points.device)]
+    y = (points.float() @ proj.to(points.device)).sort(dim=0).values
     n = y.shape[0]
     pos = ((torch.arange(m, dtype=torch.float64) + 0.5) * n / m - 0.5).clamp(0, n - 1)
     lo = pos.floor().long()
     hi = (lo + 1).clamp(max=n - 1)
-    w = (pos - lo).float().unsqueeze(1)
-    return y[lo] * (1 - w) + y[hi] * w
+    w = (pos - lo).float().unsqueeze(1).to(y.device)
+    return y[lo.to(y.device)] * (1 - w) + y[hi.to(y.device)] * w
 
 
 def _feature_points(f: torch.Tensor) -> torch.Tensor:

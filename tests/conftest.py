@@ -16,6 +16,10 @@ from nst.images import load_image
 
 torch.manual_seed(0)
 
+#: The device of the tests that take one (the engine's and the evaluators'): `NST_TEST_DEVICE=cuda` runs them on a
+#: GPU (benchmarks/gpu_check.py); unset, everything stays on the CPU as before.
+TEST_DEVICE = os.environ.get("NST_TEST_DEVICE", "cpu")
+
 
 @pytest.fixture(scope="session")
 def content48() -> torch.Tensor:
@@ -36,7 +40,7 @@ def scream48() -> torch.Tensor:
 def small_evaluator():
     from nst.evaluate import Evaluator
 
-    return Evaluator(resolution=96)
+    return Evaluator(TEST_DEVICE, resolution=96)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from conftest import TEST_DEVICE
 from nst import StyleConfig, stylize
 from nst.data import image
 from nst.evaluate import (
@@ -31,7 +32,7 @@ RES = 64  # evaluation size: the statistics are the same code at any size, and 6
 
 @pytest.fixture(scope="module")
 def robust() -> RobustEvaluator:
-    return RobustEvaluator(resolution=RES)
+    return RobustEvaluator(TEST_DEVICE, resolution=RES)
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +42,26 @@ def style96() -> torch.Tensor:  # at the robust evaluator's style size (1.5 x 64
 
 @pytest.fixture(scope="module")
 def stylised(content48, starry48) -> torch.Tensor:
-    return stylize(content48, [starry48], StyleConfig(size=48, steps=20, device="cpu", style_weight=1e3)).image
+    return stylize(content48, [starry48], StyleConfig(size=48, steps=20, device=TEST_DEVICE, style_weight=1e3)).image
 
 
 def test_the_fixed_evaluator_keeps_its_id_and_its_scores(robust, content48, style96) -> None:
     """Old scores stay comparable: the fixed evaluator's id is unchanged, and its style distance is exactly
     the robust evaluator's longest-side scale (one computation, the same numbers)."""
     assert EVALUATOR_ID == "caffe-vgg19/max/fp32/relu4_2|relu1_1-relu5_1@512px"
-    fixed = Evaluator(resolution=RES).score(content48, content48, [style96])
+    fixed = Evaluator(TEST_DEVICE, resolution=RES).score(content48, content48, [style96])
     r = robust.score(content48, content48, [style96])
     assert r.style_distance_scales["longest"] == fixed.style_distance
     assert (r.content_distance, r.ssim) == (fixed.content_distance, fixed.ssim)
     assert r.evaluator != fixed.evaluator and r.evaluator.endswith(f"@{RES}px") and r.evaluator.startswith("robust")
-    assert shared_evaluator("cpu", RES, "robust") is shared_evaluator("cpu", RES, "robust")
-    assert type(shared_evaluator("cpu", RES)) is Evaluator
+    assert shared_evaluator(TEST_DEVICE, RES, "robust") is shared_evaluator(TEST_DEVICE, RES, "robust")
+    assert type(shared_evaluator(TEST_DEVICE, RES)) is Evaluator
 
 
 def test_scores_are_finite_deterministic_and_carry_the_id(robust, stylised, content48, style96, scream48) -> None:
     a = robust.score(stylised, content48, [style96, scream48], [0.7, 0.3])
-    b = RobustEvaluator(resolution=RES).score(stylised, content48, [style96, scream48], [0.7, 0.3])  # fresh cache
+    fresh = RobustEvaluator(TEST_DEVICE, resolution=RES)  # a fresh cache
+    b = fresh.score(stylised, content48, [style96, scream48], [0.7, 0.3])
     assert a.to_dict() == b.to_dict()
     m = a.as_metrics()
     assert all(k.startswith("robust_") and math.isfinite(v) for k, v in m.items())
@@ -95,7 +97,7 @@ def test_the_sliced_distance_hardly_depends_on_its_seed(content48, style96) -> N
     """The fixed projections are a sample of directions: other seeds move the photo's sliced distance to the
     style (mean over the five layers) by a few percent, while the photo-to-output margins above are 2x and
     more.  (Measured: a range of 8% of the mean over six seeds, on AVX-512 and AVX2 alike.)"""
-    ev = Evaluator(resolution=RES)
+    ev = Evaluator(TEST_DEVICE, resolution=RES)
     fo, fs = ev._features(content48), ev._features(style96)
     d = []
     for seed in range(6):

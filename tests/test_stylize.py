@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TEST_DEVICE
 from nst import StyleConfig, stylize
 from nst.color import chroma, luminance, match_color
 from nst.errors import ConfigError, DivergedError
@@ -12,7 +13,7 @@ from nst.errors import ConfigError, DivergedError
 #: Numeric assertions: .ci/run runs these again as an AVX2-only CPU would (oneDNN/ATen capped).
 pytestmark = pytest.mark.numeric
 
-FAST = dict(size=48, steps=12, device="cpu")
+FAST = dict(size=48, steps=12, device=TEST_DEVICE)  # cpu unless NST_TEST_DEVICE
 
 
 def test_lbfgs_losses_fall_and_history_is_complete(content48, starry48) -> None:
