@@ -31,8 +31,8 @@ from nst.fast.train import StepTimer, train
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
 base = dict(styles=[str(image("starry_night.jpg"))], images=a["images"], size=a["size"], batch_size=a["batch"],
-            precision=a["precision"], device="cpu", workers=a["workers"], log_every=1, **a.get("extra", {}))
-timer = StepTimer(torch.device("cpu"))
+            precision=a["precision"], device=a["device"], workers=a["workers"], log_every=1, **a.get("extra", {}))
+timer = StepTimer(torch.device(a["device"]))
 def reset_after_warmup(step):  # the warm-up steps (compilation, kernel selection) are not timed
     if step.step == a["warmup"]:
         timer.totals.clear()
@@ -55,7 +55,7 @@ def cpu_model() -> str:
 
 def run(precision: str, args: argparse.Namespace) -> dict:
     payload = dict(precision=precision, images=str(args.images), size=args.size, batch=args.batch,
-                   steps=args.steps, warmup=args.warmup, workers=args.workers, threads=args.threads,
+                   steps=args.steps, warmup=args.warmup, workers=args.workers, threads=args.threads, device=args.device,
                    extra=json.loads(args.extra) if args.extra else {})
     out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(payload)], capture_output=True, text=True,
                          cwd=ROOT)
@@ -73,13 +73,14 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--workers", type=int, default=0, help="data-loading processes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (benchmarks/gpu_check.py)")
     ap.add_argument("--images", type=Path, default=TRAIN)
     ap.add_argument("--extra", help="more TrainConfig fields as JSON, e.g. '{\"style_layers\": [\"relu1_1\"]}'")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    print(f"cpu: {cpu_model()}, {args.threads} threads; {args.size} px crops, batch {args.batch}, "
-          f"{args.steps} timed steps after {args.warmup}")
+    print(f"cpu: {cpu_model()}, {args.threads} threads, device {args.device}; {args.size} px crops, "
+          f"batch {args.batch}, {args.steps} timed steps after {args.warmup}")
     rows = []
     for p in args.precision:
         r = run(p, args)
