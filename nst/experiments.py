@@ -810,6 +810,8 @@ def _build_cell(name: str, gp: str, combo: list[Choice], base_over: dict[str, An
             raise ConfigError(f"{origin.get('style', what)}: region method '{method}' takes its styles from "
                               f"region_styles, not style ({what})")
         over["styles"] = list(dict.fromkeys(Path(v) for v in regions["styles"].values() if v != "keep"))
+    if "styles" not in over and option_over.get("model") and method in MODEL_METHODS:
+        over["styles"] = _model_styles(option_over["model"], origin.get("model", what))
     if "styles" not in over:
         raise ConfigError(f"{gp}: no style image (set settings.style or a style axis)")
     styles = over.pop("styles")
@@ -824,6 +826,21 @@ def _build_cell(name: str, gp: str, combo: list[Choice], base_over: dict[str, An
     cid = cell_id(method, config, content, styles, regions, method_opts)
     return Cell(name, index, cid, method, content, list(styles), config, labels, dict(options),
                 regions, method_options=method_opts)
+
+
+#: Methods whose cells may apply a trained network (`model`); without a style, theirs is the network's.
+MODEL_METHODS = ("fast", "video")
+
+
+def _model_styles(model: str, where: str) -> list[Path]:
+    """A network's own style images: what a `model` cell without `style` is scored against."""
+    from .errors import WeightsError
+    from .fast.models import style_images
+
+    try:
+        return style_images(model)
+    except WeightsError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _region_methods() -> tuple[str, ...]:

@@ -237,3 +237,24 @@ def test_options_shape_cells_and_their_ids(tmp_path: Path):
     a, b = g.cells
     assert a.method_options["train_images"] == str((DATA / "coco" / "train").resolve())
     assert a.cell_id != b.cell_id and a.to_dict()["method_options"]["norm"] == "instance"
+
+
+def test_a_model_cell_without_style_is_scored_against_the_networks_own_styles(tmp_path: Path):
+    """`model:` and no `style`: the cell's styles are the images the network was trained on (the recorded
+    files, else the bundled copies of that name); a network whose style image is nowhere is one line."""
+    import torch
+
+    model = train_tiny_model(tmp_path / "wave.pt", "wave.jpg")
+    body = f"settings:\n  method: fast\n  content: {DATA}/images/tubingen.jpg\n  size: 32\naxes:\n  model: [{model}]\n"
+    (cell,) = _grid(tmp_path, body).cells
+    assert [p.name for p in cell.styles] == ["wave.jpg"] and cell.styles[0].is_file()
+    payload = torch.load(model, weights_only=True)
+    payload["meta"]["train_config"]["styles"] = ["/elsewhere/wave.jpg"]  # trained on another machine
+    torch.save(payload, tmp_path / "moved.pt")
+    (cell,) = _grid(tmp_path, body.replace(str(model), str(tmp_path / "moved.pt"))).cells
+    assert cell.styles == [DATA / "images" / "wave.jpg"]
+    payload["meta"]["train_config"]["styles"] = ["/elsewhere/mine.jpg"]
+    torch.save(payload, tmp_path / "lost.pt")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.axes\.model\[0\]: model '.*lost\.pt': its style image "
+                                          r"/elsewhere/mine\.jpg is not on this machine"):
+        _grid(tmp_path, body.replace(str(model), str(tmp_path / "lost.pt")))

@@ -125,6 +125,28 @@ def shipped_model(name: str, root: str | os.PathLike | None = None) -> Path:
     raise WeightsError(f"model '{name}': no such file, and no shipped networks are installed (none in {folder})")
 
 
+def style_images(model: str | os.PathLike) -> list[Path]:
+    """The style images network `model` (a file or a shipped name) was trained on, in its style order: each
+    recorded path when it is on this machine, else the bundled image of that file name (the shipped networks
+    were trained on nst/data/images copies), else a `WeightsError` naming the model and the missing image."""
+    from ..data import IMAGES
+
+    path = resolve_model(model)
+    meta = read_payload(path).get("meta") or {}
+    recorded = list((meta.get("train_config") or {}).get("styles") or [])
+    if not recorded:
+        raise WeightsError(f"model '{model}': records no style images (not trained by `nst train`?)")
+    out = []
+    for r in recorded:
+        p = Path(r)
+        found = next((c for c in (p, IMAGES / p.name) if c.is_file()), None)
+        if found is None:
+            raise WeightsError(f"model '{model}': its style image {r} is not on this machine "
+                               f"(nor bundled as {IMAGES / p.name})")
+        out.append(found)
+    return out
+
+
 def looks_like_path(value: str | os.PathLike) -> bool:
     """'models/x.pt', 'x.pt', '~/x': meant as a file (a missing one is 'not found'); 'wave': maybe a name."""
     text = str(value)
