@@ -54,6 +54,10 @@ class FeatureExtractor:
         has the same shape, so it compiles once; ReLUs, pools and casts fuse around the convolutions)."""
         self._compiled = torch.compile(_Stages(self.stages, self.layers))
 
+    def uncompile(self) -> None:
+        """Back to the eager stages (the compiler failed on this machine)."""
+        self._compiled = None
+
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted = set(self.layers)
         out: dict[str, torch.Tensor] = {}

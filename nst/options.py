@@ -82,6 +82,8 @@ class TrainOptions(BaseModel):
         if config.multi_style == "sequential":
             raise ConfigError(f"{where['style']}: a feed-forward network cannot apply styles one after another "
                               f"(mode: sequential); use a blend ({what})")
+        if self.model:
+            _check_model_styles(self.model, where.get("model", what), what, n_styles)
         if n_styles > 1 and self.norm == "batch" and not self.model:
             raise ConfigError(f"{where.get('norm', where['method'])}: several styles in one network need "
                               f"conditional instance norm (norm: instance) ({what})")
@@ -119,6 +121,21 @@ class TrainOptions(BaseModel):
         return Stylizer(net if net is not None else self.model, style=style,
                         preserve_color=config.preserve_color == "luminance",
                         precision=resolve_precision(config.precision, torch.device(device)), device=device)
+
+
+def _check_model_styles(model: str, where: str, what: str, n_styles: int) -> None:
+    """A network applies the blend of as many styles as it was trained on: caught when the grid is read,
+    not when the cell runs."""
+    from .errors import WeightsError
+    from .fast.models import style_count
+
+    try:
+        n = style_count(model)
+    except WeightsError as exc:
+        raise ConfigError(f"{where}: {exc} ({what})") from None
+    if n != n_styles:
+        raise ConfigError(f"{where}: model '{Path(model).stem}' was trained for {n} style{'s' * (n != 1)}, this "
+                          f"cell gives {n_styles} ({what})")
 
 
 class FastOptions(TrainOptions):

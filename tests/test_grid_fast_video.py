@@ -258,3 +258,9 @@ def test_a_model_cell_without_style_is_scored_against_the_networks_own_styles(tm
     with pytest.raises(ConfigError, match=r"^grids\.g\.axes\.model\[0\]: model '.*lost\.pt': its style image "
                                           r"/elsewhere/mine\.jpg is not on this machine"):
         _grid(tmp_path, body.replace(str(model), str(tmp_path / "lost.pt")))
+    # a cell that gives two styles to a one-style network: refused when the grid is read, naming the model
+    two = body.replace("  size: 32\n", f"  size: 32\n  style: {{images: [{DATA}/images/wave.jpg, "
+                                         f"{DATA}/images/udnie.jpg], weights: [0.5, 0.5]}}\n")
+    with pytest.raises(ConfigError, match=r"^grids\.g\.axes\.model\[0\]: model 'wave' was trained for 1 style, "
+                                          r"this cell gives 2"):
+        _grid(tmp_path, two)

@@ -126,6 +126,14 @@ def test_nst_models_lists_and_json(models, capsys):
     assert "starry_night, the_scream" in duo and "0.610" in duo and "0.420" in duo and "2.0 h" in duo
 
 
+def test_nst_models_lists_the_others_when_one_file_is_broken(models, capsys):
+    (models / "zz_broken.pt").write_bytes(b"half a download")  # the fixture's folder is per test
+    assert main(["models"]) == 2
+    cap = capsys.readouterr()
+    assert [line.split()[0] for line in cap.out.splitlines()[1:3]] == ["duo", "wave"]
+    assert cap.err.count("\n") == 1 and "zz_broken.pt: not a model file" in cap.err, cap.err
+
+
 def test_nst_models_with_none_installed(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(MODELS_ENV, str(tmp_path / "empty"))
     assert main(["models"]) == 0
@@ -161,7 +169,7 @@ def test_cli_takes_names_and_refuses_bad_models(models, tmp_path, capsys):
         assert err.count("\n") == 1 and msg in err, err
         assert not dst.exists()
     # A blend for another number of styles: the line names the model and its styles.
-    for model, blend, msg in (("wave", ["0.5", "0.5"], "2 blend weights for a model with 1 styles (its styles: wave)"),
+    for model, blend, msg in (("wave", ["0.5", "0.5"], "2 blend weights for a model with 1 style (its styles: wave)"),
                               ("duo", ["1", "1", "1"], "3 blend weights for a model with 2 styles (its styles: "
                                                        "starry_night, the_scream)")):
         dst = tmp_path / "blend.png"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError, NSTError
@@ -384,13 +385,17 @@ def _num(v, fmt: str) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import models_dir, score, shipped_models
 
-    found = shipped_models()
+    broken: list[str] = []
+    found = shipped_models(broken=broken)
+    for reason in broken:  # the others are still listed; the exit status says something is wrong
+        print(f"nst models: {reason}", file=sys.stderr)
+    status = 2 if broken else 0
     if args.json:
         print(json.dumps([m.to_dict() for m in found], indent=1))
-        return 0
+        return status
     if not found:
         print(f"no pretrained networks are installed (none in {models_dir()}); train one with `nst train`")
-        return 0
+        return status
     rows = [("name", "styles", "MB", "steps", "content", "style", "trained")]
     for m in found:
         prov, scores = m.provenance, m.provenance.get("scores") or {}
@@ -402,7 +407,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print("content/style: the evaluator's distances on validation photos (lower is better); "
           "use a name with `nst fast --model NAME`")
-    return 0
+    return status
 
 
 def _add_export(sub) -> None:

@@ -20,6 +20,7 @@ and a grid's ``model:`` all go through it.  ``NST_MODELS_DIR`` points elsewhere 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -94,11 +95,18 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_file() and p.suffix == SUFFIX and not p.name.startswith("."))
 
 
-def shipped_models(root: str | os.PathLike | None = None) -> list[ModelInfo]:
-    """The networks in `root` (default `models_dir()`), by name; a broken file there is a `WeightsError`."""
+def shipped_models(root: str | os.PathLike | None = None, broken: list[str] | None = None) -> list[ModelInfo]:
+    """The networks in `root` (default `models_dir()`), by name.  A broken file there is a `WeightsError`,
+    or, given a `broken` list, its one-line reason is appended there and the others are still listed."""
     out = []
     for p in _files(Path(root) if root is not None else models_dir()):
-        payload = read_payload(p)
+        try:
+            payload = read_payload(p)
+        except WeightsError as exc:
+            if broken is None:
+                raise
+            broken.append(str(exc))
+            continue
         meta = payload.get("meta") or {}
         out.append(ModelInfo(p.stem, p, list(payload.get("styles", [])), p.stat().st_size,
                              dict(meta.get("provenance") or {}), dict(payload.get("arch") or {})))
@@ -123,6 +131,18 @@ def shipped_model(name: str, root: str | os.PathLike | None = None) -> Path:
         raise WeightsError(f"model '{name}': no such file and no shipped network of that name "
                            f"(shipped: {', '.join(f.stem for f in files)}; see `nst models`)")
     raise WeightsError(f"model '{name}': no such file, and no shipped networks are installed (none in {folder})")
+
+
+def style_count(model: str | os.PathLike) -> int:
+    """How many styles network `model` (a file or a shipped name) holds."""
+    path = resolve_model(model)
+    st = path.stat()
+    return _style_count(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _style_count(path: str, mtime_ns: int, size: int) -> int:  # read once per file version
+    return int((read_payload(Path(path)).get("arch") or {}).get("n_styles", 1))
 
 
 def style_images(model: str | os.PathLike) -> list[Path]:

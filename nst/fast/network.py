@@ -151,7 +151,7 @@ class TransformNet(nn.Module):
             style = 0
         if isinstance(style, int):
             if not 0 <= style < n:
-                raise ConfigError(f"style: index {style} out of range (the model has {n} styles)")
+                raise ConfigError(f"style: index {style} out of range (the model has {_styles(n)})")
             if n == 1:
                 return None
             v = torch.zeros(n)
@@ -159,7 +159,7 @@ class TransformNet(nn.Module):
             return v.to(device)
         v = torch.as_tensor(style, dtype=torch.float32)
         if v.shape[-1] != n:
-            raise ConfigError(f"style: {v.shape[-1]} blend weights for a model with {n} styles")
+            raise ConfigError(f"style: {v.shape[-1]} blend weights for a model with {_styles(n)}")
         if (v < 0).any() or (v.sum(-1) <= 0).any():
             raise ConfigError("style: blend weights must be >= 0 and not all zero")
         if n == 1:
@@ -180,6 +180,10 @@ class TransformNet(nn.Module):
             x = layer(x, style)
         x = self.out(self.pad_out(x))
         return x[..., :h, :w]
+
+
+def _styles(n: int) -> str:
+    return "1 style" if n == 1 else f"{n} styles"
 
 
 def model_payload(net: TransformNet, styles: Sequence[str], meta: dict | None = None) -> dict:

@@ -341,8 +341,8 @@ def _uncompile(t: _Training, exc: Exception) -> None:
     warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                   "training without it", RuntimeWarning, stacklevel=3)
     t.run_net = t.net
-    t.extractor._compiled = None
-    t.content_extractor._compiled = None
+    t.extractor.uncompile()
+    t.content_extractor.uncompile()
     t.run_losses = list(t.losses)
     t.compiled = False
 
