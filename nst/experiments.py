@@ -130,7 +130,9 @@ class FigureSpec(BaseModel):
     curves: list[str] = Field(default_factory=lambda: ["content", "style", "total"],
                               description="loss terms plotted against the step")
     bars: list[str] = Field(default_factory=list, description="metrics drawn as grouped bars per cell")
-    artifacts: list[str] = Field(default_factory=list, description="per-cell image artifacts shown one per row")
+    artifacts: Union[list[str], dict[str, list[str]]] = Field(
+        default_factory=list, description="per-cell image artifacts shown side by side: for every grid of the "
+        "figure, or {grid: [artifacts]} for some of them")
     quick: dict[str, Any] = Field(default_factory=dict)
     full: dict[str, Any] = Field(default_factory=dict)
 
@@ -881,5 +883,10 @@ def figure_grids(exp: Experiments, name: str, quick: bool, methods: Iterable[str
     for i, g in enumerate(fig.grids):
         if g not in exp.grids:
             raise ConfigError(f"figures.{name}.grids[{i}]: no grid '{g}' (grids: {', '.join(exp.grids)})")
+    for g in fig.artifacts if isinstance(fig.artifacts, dict) else ():
+        if g not in fig.grids:
+            raise ConfigError(f"figures.{name}.artifacts.{g}: not a grid of this figure (its grids: "
+                              f"{', '.join(fig.grids)})")
+    for g in fig.grids:
         out.append(expand(exp, g, methods, getattr(fig, variant), f"figures.{name}.{variant}"))
     return out

@@ -228,7 +228,8 @@ def _panel(fig: _Figure, panel: str, gr: GridRun, spec: FigureSpec) -> None:
     elif panel == "bars":
         fig.image(bar_chart(df, rep.axes, spec.bars, gdir / "bars.png", f"{', '.join(spec.bars)} ({g.name})"), panel)
     elif panel == "artifacts":
-        for art in spec.artifacts:
+        arts = spec.artifacts if isinstance(spec.artifacts, list) else spec.artifacts.get(g.name, [])
+        for art in arts:
             _artifact_panel(fig, art, gr)
 
 
