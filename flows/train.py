@@ -20,6 +20,8 @@ from tasks.train import train_id
 def train_flow(configs: list[dict], experiment: str = "fast-train", devices: list[str] | None = None,
                progress: bool = True) -> list[dict[str, Any]]:
     exp_id = tracking.experiment_id(experiment)
+    for run_id in tracking.close_abandoned_runs(exp_id):  # a training SIGKILLed earlier: KILLED, not RUNNING
+        print(f"closed run {run_id} left RUNNING by a process that is gone (marked KILLED)")
     done = tracking.finished_cells(exp_id)
     todo = [c for c in configs if not (train_id(c) in done and c.get("out") and Path(c["out"]).is_file())]
     for c in configs:

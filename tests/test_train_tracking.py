@@ -72,3 +72,23 @@ def test_bad_style_fails_the_run_cleanly(home: Path, tmp_path: Path):
     assert res["status"] == "FAILED" and "bad.jpg" in res["error"]
     assert tracking.client().get_run(res["run_id"]).info.status == "FAILED"
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_killed_trainings_run_is_closed_by_the_next_one(home: Path, prefect_server):
+    """`nst train` SIGKILLed mid-training leaves its run RUNNING; the next training flow marks it KILLED."""
+    import socket
+    import subprocess
+    import sys
+
+    from flows.train import train_flow
+    from tasks import tracking
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    exp = tracking.experiment_id("fast-killed")
+    c = tracking.client()
+    orphan = c.create_run(exp, tags={"nst.host": socket.gethostname(), "nst.pid": str(dead.pid), "nst.kind": "train",
+                                     "cell_id": "t"}).info.run_id
+    assert train_flow([], experiment="fast-killed", devices=["cpu"], progress=False) == []
+    run = c.get_run(orphan)
+    assert run.info.status == "KILLED" and "abandoned" in run.data.tags["error"]
