@@ -169,6 +169,23 @@ def decode_jpeg(data: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
 
 
+def _read_umask() -> int:
+    """The process umask, read once at import: /proc where there is one (reading it there changes nothing;
+    setting it to read it back would be a race with threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto `path`, so readers never see half a file."""
     dest = Path(path)
@@ -177,6 +194,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the mode open() would give it
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

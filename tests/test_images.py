@@ -73,6 +73,18 @@ def test_resize_by_longest_side_and_by_pixels() -> None:
     assert resize_longest(torch.rand(1, 3, 40, 20), 10).shape[-2:] == (10, 5)
 
 
+def test_atomic_files_get_the_usual_mode(tmp_path: Path) -> None:
+    """A file written by write-then-rename is readable like one written by open() (mkstemp alone gives 0600)."""
+    import os
+
+    from nst.images import _UMASK, atomic_write
+
+    atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
+    (tmp_path / "b.txt").write_text("x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777
+    assert _UMASK == (lambda m: (os.umask(m), m)[1])(os.umask(0o022))
+
+
 def test_save_is_atomic_and_roundtrips(tmp_path: Path) -> None:
     t = torch.rand(1, 3, 10, 12)
     out = save_image(t, tmp_path / "sub" / "o.png")
