@@ -152,6 +152,9 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         load_image(config.init)
     if args.estimate:
         return _print_estimate(config, tuple(content.shape[-2:]))
+    from .tiling import estimate_run
+
+    estimate_run(config, tuple(content.shape[-2:]), speed=False)  # a budget that cannot fit: one line, no work
     stages = len(styles) if config.multi_style == "sequential" else 1
     steps_total = run_steps(config, tuple(content.shape[-2:])) * stages
     bar = tqdm(total=steps_total, desc="stylize", unit="step", disable=args.quiet, dynamic_ncols=True)

@@ -40,12 +40,16 @@ at that scale, computed tile by tile (as are the style Gram targets), so a tiled
 the same objective as an untiled one.
 
 Memory: `estimate` traces the network once on the meta device (no weights, no memory) at the size
-of interest and adds what autograd saves (``saved_tensors_hooks``, deduplicated by storage), the
-largest activation (forward) and gradient pair (backward), the whole-image state (image, gradient,
-L-BFGS history, targets) and the process's fixed cost (torch runtime and weights), calibrated
-against measured peaks (``benchmarks/bench_tiling.py --memory``).  `plan_scale` tiles a scale when
-that estimate exceeds ``config.max_memory`` (or, without one, the device's memory), choosing the
-largest tile core that fits, and refuses with the numbers when even the smallest cannot.
+of interest, in the run's precision (bf16: half-size activations, int64 pool indices), and adds what
+autograd saves (``saved_tensors_hooks``, deduplicated by storage; under autocast also the half-precision
+weight copies the convolutions save), a multiple of the largest activation for the transients, the
+whole-image state (image, gradient, L-BFGS history, targets) and the process's fixed cost (torch
+runtime and weights), calibrated against measured peaks (``benchmarks/bench_tiling.py --memory``).
+On a CPU every tile ends with `release_memory` (glibc ``malloc_trim``): without it the heap keeps the
+free pages of earlier tiles and the peak RSS of a tiled run grows past the estimate.  `plan_scale`
+tiles a scale when that estimate exceeds ``(1 - PLAN_MARGIN) * config.max_memory`` (or, without one,
+of the device's memory), choosing the largest tile core that fits, and refuses with the numbers when
+even the smallest cannot.
 
 Not tiled (a `ConfigError` says so when the size needs tiling): caller-made extra terms and the
 photorealism term (whole-image operators), guided Gram matrices (region masks) and the
@@ -72,16 +76,21 @@ MIN_CORE_STRIDES = 2
 DEVICE_MEMORY_SHARE = 0.9
 #: Process cost besides the tensors the estimate counts (torch runtime, libraries, allocator slack),
 #: and the peak of loading the Caffe weights (dequantisation), which small runs never exceed.
-#: Fitted to peak RSS of fresh processes at 64-768 px (2-core AVX2 EPYC, torch 2.14 CPU, glibc
-#: malloc; `benchmarks/bench_tiling.py --memory`).  CUDA counts allocated memory only
-#: (``max_memory_allocated``): no runtime, no load peak.
-CPU_RUNTIME_BYTES = 730 * 2**20
+#: CUDA counts allocated memory only (``max_memory_allocated``): no runtime, no load peak.
+#: Transient memory at the peak, in units of the largest activation of a tile *in the run's precision*:
+#: the conv output next to its ReLU in the forward, the gradient pair and oneDNN's scratch in the
+#: backward; under bf16 also the fp32 copy `gram_matrix` makes of a half-precision feature map (two
+#: bf16 units by itself, but not alive at the backward's peak).
+#: The three were fitted together (least squares) to the peak RSS of 12 fresh processes, 256-1536 px,
+#: fp32 and bf16, untiled and tiled (`benchmarks/bench_tiling.py --memory`; 2-core Zen 5 EPYC, one
+#: thread, torch 2.14 CPU, glibc malloc; residuals -0.06..+0.05 GB, estimate/measured 0.96-1.05:
+#: docs/print-size.md).  fp16 (CUDA only) takes bf16's multiple: the same sizes, not measured.
+CPU_RUNTIME_BYTES = 835 * 2**20
 CPU_LOAD_PEAK_BYTES = 900 * 2**20
-#: Transient memory at the peak, in units of the largest activation of a tile: the conv output
-#: next to its ReLU in the forward, the gradient pair and oneDNN's scratch in the backward.
-#: Fitted with CPU_RUNTIME_BYTES (512 and 768 px: +0.63 GB measured for +0.40 GB saved/state
-#: and +0.058 GB of largest activation).
-TRANSIENT_ACTIVATIONS = 3.8
+TRANSIENT_ACTIVATIONS = {"fp32": 2.4, "bf16": 1.9, "fp16": 1.9}
+#: Share of the budget `plan_scale` keeps free: the estimate is a fit, and measured peaks were up to
+#: 4% above it; a plan's estimate must stay within ``(1 - PLAN_MARGIN) * budget``.
+PLAN_MARGIN = 0.07
 
 
 # --------------------------------------------------------------------------- sizes and units
@@ -130,17 +139,23 @@ class Geometry:
     strides: dict
 
 
+#: The dtype a precision runs the network's activations in (autocast: convolutions in half precision,
+#: ReLUs and pools follow their input).
+_ACT_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @functools.lru_cache(maxsize=None)
-def _meta_layers(name: str, pooling: str):
+def _meta_layers(name: str, pooling: str, precision: str = "fp32"):
     with torch.device("meta"):
         layers, _ = backbones.spec(name).build(pooling, backbones.RANDOM)
     for m in layers.values():
         m.requires_grad_(False)
+        m.to(_ACT_DTYPE[precision])
     return layers
 
 
-def _stages(name: str, pooling: str, layers: tuple[str, ...]):
-    all_layers = _meta_layers(name, pooling)
+def _stages(name: str, pooling: str, layers: tuple[str, ...], precision: str = "fp32"):
+    all_layers = _meta_layers(name, pooling, precision)
     order = list(all_layers.keys())
     deepest = max(order.index(n) for n in layers)
     return [(n, all_layers[n]) for n in order[: deepest + 1]]
@@ -181,15 +196,18 @@ def geometry(name: str, pooling: str, layers: tuple[str, ...]) -> Geometry:
 class Trace:
     shapes: dict  # layer -> (h, w) of the requested layers
     channels: dict  # layer -> channels
-    saved_bytes: int  # what autograd keeps for the backward (fp32), weights excluded
-    max_act_bytes: int  # the largest single activation
+    saved_bytes: int  # what autograd keeps for the backward (in the trace's precision), weights excluded
+    max_act_bytes: int  # the largest single activation (in the trace's precision)
     flops: float  # forward conv/linear multiply-adds x2
 
 
 @functools.lru_cache(maxsize=256)
-def _trace(name: str, pooling: str, layers: tuple[str, ...], hw: tuple[int, int]) -> Trace:
-    """Run the backbone on the meta device at `hw` and measure its tensors (no memory, no weights)."""
-    stages = _stages(name, pooling, layers)
+def _trace(name: str, pooling: str, layers: tuple[str, ...], hw: tuple[int, int], precision: str = "fp32") -> Trace:
+    """Run the backbone on the meta device at `hw` and measure its tensors (no memory, no weights).
+
+    `precision` bf16/fp16 runs it in that dtype, as autocast runs it: activations (and so what the
+    convolutions, ReLUs and pools save) are half size, the max-pool indices stay int64."""
+    stages = _stages(name, pooling, layers, precision)
     params = {p.untyped_storage()._cdata for _, m in stages for p in m.parameters()}
     params |= {b.untyped_storage()._cdata for _, m in stages for b in m.buffers()}
     saved: dict[int, int] = {}
@@ -213,7 +231,7 @@ def _trace(name: str, pooling: str, layers: tuple[str, ...], hw: tuple[int, int]
              if isinstance(leaf, torch.nn.Conv2d)]
     shapes, channels, max_act = {}, {}, 0
     try:
-        x = torch.empty(1, 3, *hw, device="meta", requires_grad=True)
+        x = torch.empty(1, 3, *hw, device="meta", dtype=_ACT_DTYPE[precision], requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             for n, module in stages:
                 try:
@@ -317,6 +335,36 @@ class TilePlan:
         return f"tiles of {self.core} px + {self.halo} px halo (~{n} per evaluation, jittered)"
 
 
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def release_memory(device: torch.device) -> None:
+    """Hand the CPU heap's free pages back to the system after a tile.
+
+    glibc serves allocations under its mmap threshold from the heap, and the threshold rises (up to
+    32 MB) to the size of the largest block freed so far, so most tensors of a tile land on the heap;
+    tiles of changing shapes (the grid moves every evaluation) then leave free, fragmented heap pages
+    that still count in the resident set: measured +0.2-0.35 GB of peak RSS at 1024x768 (bf16, 400 px
+    cores: 1.66 GB without, 1.44 GB with this call after every tile) for ~2% of the run's time (30 trims
+    of ~60 ms in a 93 s run at 480 px cores).  A fixed mmap threshold (``mallopt``) gets lower still
+    (1.33 GB) but page-faults every large allocation: 2.3x slower at 1 MB.  CUDA's caching allocator
+    reuses blocks by size and is measured by ``max_memory_allocated``: nothing to do there."""
+    if device.type == "cpu":
+        fn = _malloc_trim()
+        if fn is not None:
+            fn(0)
+
+
 def _window(image: torch.Tensor, t: Tile) -> torch.Tensor:
     return image[..., t.y0: t.y1, t.x0: t.x1]
 
@@ -357,6 +405,7 @@ def tiled_features(extractor, image: torch.Tensor, plan: TilePlan, gram_layers=(
             rs, cs = t.global_slices(plan.strides[k], f.shape[-2], f.shape[-1])
             feats_out[k][..., rs, cs] = _owned(f, t, plan.strides[k]).float()
         del feats
+        release_memory(image.device)
     return grams, feats_out
 
 
@@ -399,6 +448,8 @@ def make_closure(x: torch.Tensor, opt, extractor, loss_fn, plan: TilePlan, evals
             content = content + tile_content
             if tile_grad is not None:
                 grad[..., t.y0: t.y1, t.x0: t.x1] += tile_grad
+            del tile_grad
+            release_memory(xd.device)
         tv = xd.new_zeros(())
         if loss_fn.tv_weight:
             with torch.enable_grad():
@@ -498,19 +549,20 @@ class Estimate:
                 "n_tiles": self.n_tiles, "s_per_step": self.s_per_step}
 
 
-def _act_scale(precision: str) -> float:
-    return 1.0 if precision == "fp32" else 0.5
-
-
 def _weights_bytes(name: str, pooling: str, layers: tuple[str, ...]) -> int:
     return sum(p.numel() * 4 for _, m in _stages(name, pooling, layers) for p in m.parameters())
 
 
 def tile_peak_bytes(name: str, pooling: str, layers: tuple[str, ...], hw: tuple[int, int], precision: str) -> int:
-    """Forward + backward of one image (or tile) of size `hw`: saved tensors plus the transient peak."""
-    tr = _trace(name, pooling, layers, tuple(hw))
-    s = _act_scale(precision)
-    return int((tr.saved_bytes + TRANSIENT_ACTIVATIONS * tr.max_act_bytes) * s)
+    """Forward + backward of one image (or tile) of size `hw`: saved tensors plus the transient peak.
+
+    Traced in the run's precision (`_trace`).  Under autocast every convolution also saves the
+    half-precision copy of its weight it ran with (autocast caches casts only of weights that require
+    grad; the backbone's do not), and the transients are counted in units of the largest half-precision
+    activation, with their own fitted multiple (`TRANSIENT_ACTIVATIONS`)."""
+    tr = _trace(name, pooling, layers, tuple(hw), precision)
+    weight_copies = _weights_bytes(name, pooling, layers) // 2 if precision != "fp32" else 0
+    return int(tr.saved_bytes + weight_copies + TRANSIENT_ACTIVATIONS[precision] * tr.max_act_bytes)
 
 
 def state_bytes(config, hw: tuple[int, int], steps: int, content_layers, name, pooling, layers) -> int:
@@ -571,26 +623,37 @@ def make_plan(config, hw: tuple[int, int], core: int) -> TilePlan:
 
 def plan_scale(config, hw: tuple[int, int], steps: int, device, precision: str) -> tuple[TilePlan | None, Estimate]:
     """None (untiled) if the untiled estimate fits the budget, else the plan with the largest core that
-    fits; a one-line `ConfigError` with the numbers if even the smallest tile does not."""
+    fits; a one-line `ConfigError` with the numbers if even the smallest tile does not.  "Fits" keeps
+    `PLAN_MARGIN` of the budget free for the estimate's error."""
     est = estimate(config, hw, steps, device, precision)
-    if est.untiled_bytes <= est.budget_bytes:
+    limit = int(est.budget_bytes * (1 - PLAN_MARGIN))
+    if est.untiled_bytes <= limit:
         return None, est
     geo = geometry(config.backbone, config.pooling, _layers(config))
     smallest = MIN_CORE_STRIDES * geo.align
     core = (max(hw) // geo.align) * geo.align
+    too_big = None
     while core >= smallest:
         e = estimate(config, hw, steps, device, precision, core=core)
-        if e.peak_bytes <= e.budget_bytes:
-            plan = make_plan(config, hw, core)
+        if e.peak_bytes <= limit:
+            # the largest fitting core between this one and the last that did not fit (the peak grows with it)
+            lo, hi = core // geo.align, (too_big or core) // geo.align
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                em = estimate(config, hw, steps, device, precision, core=mid * geo.align)
+                lo, hi, e = (mid, hi, em) if em.peak_bytes <= limit else (lo, mid, e)
+            plan = make_plan(config, hw, lo * geo.align)
             plan.estimate = e
             return plan, e
+        too_big = core
         core = max(smallest, int(core * 0.8) // geo.align * geo.align) if core > smallest else smallest - 1
     e = estimate(config, hw, steps, device, precision, core=smallest)
     what = "max_memory" if config.max_memory is not None else f"{e.device} memory"
     raise ConfigError(
         f"{what} {fmt_bytes(e.budget_bytes)} cannot hold a {hw[1]}x{hw[0]} run: untiled needs "
         f"~{fmt_bytes(e.untiled_bytes)}, the smallest tile ({smallest} px + {geo.halo} px halo) "
-        f"~{fmt_bytes(e.peak_bytes)} (of which {fmt_bytes(e.parts['base'] + e.parts['state'])} whole-image state)")
+        f"~{fmt_bytes(e.peak_bytes)} (of which {fmt_bytes(e.parts['base'] + e.parts['state'])} runtime, weights and "
+        f"whole-image state); a plan may use {1 - PLAN_MARGIN:.0%} of the budget")
 
 
 # --------------------------------------------------------------------------- time per step
