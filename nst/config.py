@@ -24,7 +24,10 @@ StyleLossKind = Literal["gram", "meancov"]
 #: `steps` (10) at the full size, with style weight 12.  Chosen by benchmarks/time_to_quality.py
 #: (docs/performance.md, "Time to quality").
 DEFAULT_SCALES = ((0.25, 40), (0.5, 20))
-#: Plain Gatys et al. (one scale, average pooling, 500 full-size steps): the seed reports' setting.
+#: The default style weight, and the weight above which `StyleConfig.weight_steps` adds full-size steps.
+DEFAULT_STYLE_WEIGHT = 12.0
+#: Plain Gatys et al. (one scale, average pooling, 500 full-size steps): the seed reports' setting.  One scale,
+#: so its step count is its own (`StyleConfig.weight_steps` lengthens the coarse-to-fine schedule only).
 PLAIN_GATYS = {"scales": None, "scale_detail": False, "pooling": "avg", "steps": 500, "style_weight": 20.0}
 
 
@@ -48,6 +51,11 @@ class StyleConfig(BaseModel):
     lr: Optional[float] = Field(None, gt=0, description="learning rate (default: 1.0 for L-BFGS, 0.02 for Adam)")
     lbfgs_history: int = Field(100, gt=0)
     lbfgs_line_search: bool = Field(False, description="strong-Wolfe line search in L-BFGS (more evaluations per step)")
+    lbfgs_clamp: bool = Field(
+        True,
+        description="L-BFGS: keep the image in [0, 1] at every step (projected steps; Adam always clamps), so the "
+        "optimum found is one the saved image can hold; false: unconstrained, clamped once at the end (issue 14)",
+    )
     ema_decay: Optional[float] = Field(
         None, ge=0, lt=1, description="Adam: return an exponential moving average of the iterates (e.g. 0.99)"
     )
@@ -63,7 +71,15 @@ class StyleConfig(BaseModel):
     )
     style_loss: StyleLossKind = Field("gram", description="gram (Gatys) or meancov (feature mean and covariance)")
     content_weight: float = Field(1.0, ge=0)
-    style_weight: float = Field(12.0, ge=0, description="measured default (issue 7); the seed reports used 20")
+    style_weight: float = Field(
+        DEFAULT_STYLE_WEIGHT, ge=0, description="measured default (issue 7); the seed reports used 20"
+    )
+    weight_steps: float = Field(
+        0.5, ge=0, le=2,
+        description="coarse-to-fine: the full-size steps grow as steps x (style_weight / 12) ** weight_steps above "
+        "the default weight (L-BFGS is blind to the loss's scale: a larger weight moves the optimum, only more steps "
+        "get there; issue 14); 0, or one scale (scales none): always `steps`",
+    )
     tv_weight: float = Field(0.0, ge=0)
     content_layers: Optional[tuple[str, ...]] = None
     style_layers: Optional[tuple[str, ...]] = None

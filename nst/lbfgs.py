@@ -8,6 +8,12 @@ follows `torch.optim.LBFGS(max_iter=1, line_search_fn=None, tolerance_grad=0,
 tolerance_change=0)` step for step, rejected curvature pairs and a full history included: a batch
 of one makes the same iterates, and a sample makes the same iterates whatever it is batched with
 (up to float summation order).
+
+With `bounds` (``(lo, hi)``, the engine's ``lbfgs_clamp``) the iterate stays in the box (projected
+quasi-Newton): a coordinate at a bound whose gradient points out of the box is held (its gradient and
+direction are zero for that step), the new point is clamped into the box, and the curvature pair is built
+from the displacement actually made, so the optimum found is one a saved image can hold.  Without bounds
+nothing changes.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ class BatchLBFGS:
     waits on the device (no ``.item()``), unless the shared list outgrows `history_size`.
     """
 
-    def __init__(self, x: torch.Tensor, lr: float = 1.0, history_size: int = 100) -> None:
+    def __init__(self, x: torch.Tensor, lr: float = 1.0, history_size: int = 100,
+                 bounds: tuple[float, float] | None = None) -> None:
         if not x.is_leaf or not x.requires_grad:
             raise ValueError("BatchLBFGS optimises a leaf tensor that requires grad")
         self.x = x
         self.lr = float(lr)
         self.history_size = int(history_size)
+        self.bounds = bounds
         self._y: list[torch.Tensor] = []  # gradient differences, [B, P] each
         self._s: list[torch.Tensor] = []  # steps taken, [B, P] each
         self._rho: list[torch.Tensor] = []  # 1 / (y.s) where the sample keeps the pair, else 0; [B] each
@@ -44,6 +52,7 @@ class BatchLBFGS:
         self._h_diag: torch.Tensor | None = None  # initial inverse-Hessian scale per sample
         self._d: torch.Tensor | None = None  # last direction
         self._t: torch.Tensor | None = None  # last step length per sample
+        self._s_last: torch.Tensor | None = None  # with bounds: the last projected displacement, [B, P]
         self._prev_grad: torch.Tensor | None = None
         self.iterations = 0
 
@@ -82,6 +91,12 @@ class BatchLBFGS:
         with torch.enable_grad():
             loss = closure()
         g = self._flat_grad()
+        active = None
+        if self.bounds is not None:  # coordinates held at a bound by their gradient are out of this step's problem
+            lo, hi = self.bounds
+            xf = self.x.detach().reshape(g.shape)
+            active = ((xf <= lo) & (g > 0)) | ((xf >= hi) & (g < 0))
+            g = g.masked_fill(active, 0.0)
         self.iterations += 1
         if self.iterations == 1:
             d = g.neg()
@@ -89,7 +104,7 @@ class BatchLBFGS:
             self._count = torch.zeros(g.shape[0], dtype=torch.long, device=g.device)
         else:
             y = g - self._prev_grad
-            s = self._d * self._t[:, None]
+            s = self._d * self._t[:, None] if self._s_last is None else self._s_last
             self._remember(y, s, _dot(y, s))
             # two-loop recursion: d = -H g, per sample (a pair with rho = 0 changes nothing)
             q = g.neg()
@@ -109,8 +124,16 @@ class BatchLBFGS:
             t = torch.clamp(1.0 / g.abs().sum(dim=1), max=1.0) * self.lr
         else:
             t = torch.full((g.shape[0],), self.lr, dtype=g.dtype, device=g.device)
+        if active is not None:
+            d = d.masked_fill(active, 0.0)
         # torch stops (does not move) where d is not a descent direction
         move = (_dot(g, d) <= 0).to(g.dtype)
-        self.x.add_((d * (t * move)[:, None]).view_as(self.x))
+        step = (d * (t * move)[:, None]).view_as(self.x)
+        if self.bounds is None:
+            self.x.add_(step)
+        else:  # projected: clamp the new point into the box, remember the displacement really made
+            new = (self.x + step).clamp_(*self.bounds)
+            self._s_last = (new - self.x).reshape(g.shape)
+            self.x.copy_(new)
         self._d, self._t = d, t
         return loss

@@ -27,7 +27,7 @@ from .lbfgs import BatchLBFGS
 from .losses import STYLE_STATISTICS, PerceptualLoss, normalised_layer_weights
 from .photoreal import photoreal_energy, photoreal_term
 from .runtime import seed_everything
-from .schedule import MIN_SCALE_PX, pyramid, run_steps  # noqa: F401 (part of this module's API)
+from .schedule import MIN_SCALE_PX, full_steps, pyramid, run_steps  # noqa: F401 (part of this module's API)
 
 
 @dataclass
@@ -147,6 +147,7 @@ class StyleJob:
 #: (Loss weights, styles, layer weights, colour handling, seed and init may differ per job.)
 BATCH_FIELDS = (
     "backbone", "weights", "pooling", "size", "steps", "optimizer", "lr", "lbfgs_history", "lbfgs_line_search",
+    "lbfgs_clamp",
     "ema_decay", "scales", "content_layers", "style_layers", "multi_style", "photoreal_two_stage", "device",
     "precision", "max_memory",
 )
@@ -158,7 +159,8 @@ def batch_key(config: StyleConfig, content_hw: tuple[int, int], n_styles: int) -
     if config.lbfgs_line_search or (config.photoreal_two_stage and config.photoreal_weight):
         return None
     sequential = config.multi_style == "sequential" and n_styles > 1
-    return (tuple(getattr(config, f) for f in BATCH_FIELDS), tuple(content_hw), n_styles if sequential else 1)
+    return (tuple(getattr(config, f) for f in BATCH_FIELDS), full_steps(config), tuple(content_hw),
+            n_styles if sequential else 1)
 
 
 def stylize(
@@ -621,7 +623,8 @@ def _optimizer(x: torch.Tensor, config: StyleConfig):
         return torch.optim.LBFGS([x], lr=lr, max_iter=1, history_size=config.lbfgs_history, tolerance_grad=0.0,
                                  tolerance_change=0.0, line_search_fn="strong_wolfe")
     if config.optimizer == "lbfgs":
-        return BatchLBFGS(x, lr=lr, history_size=config.lbfgs_history)
+        bounds = (0.0, 1.0) if config.lbfgs_clamp else None  # projected steps (issue 14)
+        return BatchLBFGS(x, lr=lr, history_size=config.lbfgs_history, bounds=bounds)
     return torch.optim.Adam([x], lr=lr)
 
 
@@ -682,6 +685,9 @@ def _run(init: torch.Tensor, samples: list[_Sample], steps: int, ctx: _RunContex
     for i in range(steps):
         last.clear()
         opt.step(closure)
+        if config.optimizer == "lbfgs" and config.lbfgs_line_search and config.lbfgs_clamp:
+            with torch.no_grad():  # torch's L-BFGS cannot project its steps: the iterate is clamped after each
+                x.clamp_(0, 1)
         if config.optimizer == "adam":
             with torch.no_grad():
                 x.clamp_(0, 1)

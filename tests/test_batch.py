@@ -112,8 +112,10 @@ def _rounding_spread(job: StyleJob, alone) -> tuple[float, float]:
 
 
 def test_batched_adam_and_coarse_to_fine_with_chunks(content48, starry48, scream48) -> None:
+    # weight_steps 0: the two weights keep one schedule (else the weight-40 job gets more full-size steps, its
+    # own batch)
     cfg = StyleConfig(**{**EXACT, "size": 128, "steps": 3, "scales": ((0.5, 4),)}, optimizer="adam", lr=0.05,
-                      ema_decay=0.5)
+                      ema_decay=0.5, weight_steps=0)
     jobs = [StyleJob(content48, [s], cfg.replace(style_weight=w)) for s, w in ((starry48, 12), (scream48, 40))]
     # 64x48 coarse stage (3072 px): both in one chunk; 128x96 full stage (12288 px): one per chunk
     batch = stylize_batch(jobs, max_batch_pixels=6200)
