@@ -65,6 +65,12 @@ def _add_stylize(sub) -> None:
                         f"{'on' if d('scale_detail') else 'off'})")
     p.add_argument("--style-loss", choices=("gram", "meancov"), help=f"default {d('style_loss')}")
     p.add_argument("--lbfgs-history", type=int, help=f"L-BFGS history size (default {d('lbfgs_history')})")
+    p.add_argument("--lbfgs-clamp", action=argparse.BooleanOptionalAction, default=None,
+                   help="L-BFGS keeps the image in [0, 1] at every step (default "
+                        f"{'on' if d('lbfgs_clamp') else 'off'}; off: unconstrained, clamped once at the end)")
+    p.add_argument("--weight-steps", type=float, metavar="P",
+                   help="coarse-to-fine: full-size steps x (style weight / 12) ** P above weight 12, so larger "
+                        f"weights get the steps they need (default {d('weight_steps'):g}; 0 = always --steps)")
     p.add_argument("--ema-decay", type=float, help="Adam: output the iterate average with this decay (e.g. 0.99)")
     p.add_argument("--lr", type=float, help="learning rate (default 1 for L-BFGS, 0.02 for Adam)")
     p.add_argument("--content-weight", type=float, help=f"default {d('content_weight')}")
@@ -109,7 +115,8 @@ CONFIG_OPTIONS = (
     "backbone", "weights", "pooling", "size", "style_scale", "steps", "optimizer", "lr", "content_weight",
     "style_weight", "tv_weight", "content_layers", "style_layers", "style_weights", "multi_style", "init",
     "preserve_color", "seed", "device", "precision", "scales", "scale_detail", "style_loss", "lbfgs_history",
-    "ema_decay", "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage", "max_memory",
+    "lbfgs_clamp", "weight_steps", "ema_decay", "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage",
+    "max_memory",
 )
 
 
