@@ -1,7 +1,7 @@
 """Tiled optimisation (nst.tiling): estimate vs measured peak memory, and tiled vs untiled quality.
 
     python benchmarks/bench_tiling.py --memory 256 512 1024 [--budget 1GB] [--steps 3]
-        one fresh process per size (peak RSS = getrusage ru_maxrss of that process, which holds
+        one fresh process per size (peak RSS = VmHWM of that process, which holds
         nothing but the run); prints the estimate next to the measured peak and their ratio.
     python benchmarks/bench_tiling.py --assets /tmp/print3000.png
         a 1024 px JPEG and a 1:1 crop of a print-size result for docs/images.
@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 from nst import StyleConfig, stylize, tiling
+from nst.hardware import peak_rss_bytes
 from nst.data import image
 from nst.images import load_image
 args = json.loads(sys.argv[1])
@@ -43,12 +44,12 @@ content = load_image(image("tubingen.jpg"), size=cfg.size)
 style = load_image(image("starry_night.jpg"), size=cfg.size)
 hw = tuple(content.shape[-2:])
 est = tiling.estimate_run(cfg, hw, speed=False)[-1][0]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak_rss_bytes()
 t0 = time.perf_counter()
 r = stylize(content, [style], cfg)
 print(json.dumps({"size": cfg.size, "hw": list(hw), "budget": args.get("budget"), "estimate": est.peak_bytes,
                   "tiled": est.tiled, "core": est.core,
-                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "peak": peak_rss_bytes(),
                   "before_run": base, "s_per_step": r.timings["s_per_step"], "seconds": time.perf_counter() - t0}))
 """
 
@@ -77,13 +78,12 @@ def seam_ratio(img, lines_y, lines_x) -> float:
 
 
 def compare(args) -> dict:
-    import resource
-
     import torch
 
     from nst import StyleConfig, stylize, tiling
     from nst.data import image
     from nst.evaluate import evaluate
+    from nst.hardware import peak_rss_bytes
     from nst.images import load_image, save_image
 
     torch.set_num_threads(args.threads)
@@ -110,7 +110,7 @@ def compare(args) -> dict:
                      "tiled_scales": r.info.get("tiled_scales", []),
                      "final_loss": r.history[-1]["total"],
                      # the process's peak so far: the untiled run comes first, so its value is its own
-                     "process_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+                     "process_peak_rss_gb": peak_rss_bytes() / 2**30}
         for st in r.info["stages"]:
             if "tile_core" in st:
                 out[name]["tile_core"], out[name]["tile_halo"] = st["tile_core"], st["tile_halo"]

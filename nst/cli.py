@@ -191,9 +191,9 @@ def _report(result, out: Path, evaluate_it: bool, content, styles, config, evalu
         f"{t['s_per_step']:.3f} s/step on {result.info['device']} ({result.info['precision']})"
     )
     if result.info.get("tiled_scales"):
-        import resource
+        from .hardware import peak_rss_bytes
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
         est = max(st.get("estimate_mb", 0) for st in result.info["stages"])
         print(f"tiled scales {', '.join(f'{w}x{h}' for h, w in result.info['tiled_scales'])}: peak memory "
               f"{peak / 2**30:.2f} GB (process RSS; estimate {est / 1024:.2f} GB)")

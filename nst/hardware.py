@@ -42,3 +42,22 @@ def cpu_isa() -> list[str]:
 
 def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & _cpuinfo()[1])
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started (or exec'd).
+
+    Linux's VmHWM (/proc/self/status) where there is one: ``getrusage().ru_maxrss`` survives execve, so a
+    child started by a large process (pytest, a grid worker) would report its parent's RSS at the fork as its
+    own peak.  Elsewhere ru_maxrss (bytes on macOS, KiB on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024

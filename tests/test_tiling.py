@@ -222,6 +222,22 @@ def test_estimate_is_close_to_a_fresh_processs_peak_and_a_plan_stays_in_its_budg
             assert r["peak"] <= tiling.parse_bytes(budget), where
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM is Linux's")
+def test_a_childs_peak_is_its_own_not_its_parents() -> None:
+    """ru_maxrss survives execve: a child of a large process (pytest late in the suite) reported the parent's RSS
+    at the fork as its own peak (3.06 GB for a 1.30 GB run in CI).  `peak_rss_bytes` reads VmHWM instead."""
+    import subprocess
+
+    ballast = bytearray(1 << 30)  # 1 GiB resident in this process
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    code = "from nst.hardware import peak_rss_bytes; print(peak_rss_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert int(out) < (1 << 30) * 0.9, int(out) / 2**30  # a bare interpreter + nst.hardware: well under 1 GiB
+    del ballast
+
+
 def test_bad_budgets_and_sizes_are_one_line_errors(capsys) -> None:
     cfg = make_config(device="cpu", max_memory="200MB", size=64, steps=1, scales=None)
     with pytest.raises(ConfigError,
