@@ -133,16 +133,24 @@ def shipped_model(name: str, root: str | os.PathLike | None = None) -> Path:
     raise WeightsError(f"model '{name}': no such file, and no shipped networks are installed (none in {folder})")
 
 
-def style_count(model: str | os.PathLike) -> int:
-    """How many styles network `model` (a file or a shipped name) holds."""
+def _header(model: str | os.PathLike) -> tuple[int, tuple[str, ...]]:
+    """(number of styles, recorded style files) of a network: read once per file version, however many grid
+    cells ask."""
     path = resolve_model(model)
     st = path.stat()
-    return _style_count(str(path), st.st_mtime_ns, st.st_size)
+    return _read_header(str(path), st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=64)
-def _style_count(path: str, mtime_ns: int, size: int) -> int:  # read once per file version
-    return int((read_payload(Path(path)).get("arch") or {}).get("n_styles", 1))
+def _read_header(path: str, mtime_ns: int, size: int) -> tuple[int, tuple[str, ...]]:
+    payload = read_payload(Path(path))
+    recorded = ((payload.get("meta") or {}).get("train_config") or {}).get("styles") or []
+    return int((payload.get("arch") or {}).get("n_styles", 1)), tuple(recorded)
+
+
+def style_count(model: str | os.PathLike) -> int:
+    """How many styles network `model` (a file or a shipped name) holds."""
+    return _header(model)[0]
 
 
 def style_images(model: str | os.PathLike) -> list[Path]:
@@ -151,9 +159,7 @@ def style_images(model: str | os.PathLike) -> list[Path]:
     were trained on nst/data/images copies), else a `WeightsError` naming the model and the missing image."""
     from ..data import IMAGES
 
-    path = resolve_model(model)
-    meta = read_payload(path).get("meta") or {}
-    recorded = list((meta.get("train_config") or {}).get("styles") or [])
+    recorded = _header(model)[1]
     if not recorded:
         raise WeightsError(f"model '{model}': records no style images (not trained by `nst train`?)")
     out = []
