@@ -89,8 +89,11 @@ CPU_RUNTIME_BYTES = 835 * 2**20
 CPU_LOAD_PEAK_BYTES = 900 * 2**20
 TRANSIENT_ACTIVATIONS = {"fp32": 2.4, "bf16": 1.9, "fp16": 1.9}
 #: Share of the budget `plan_scale` keeps free: the estimate is a fit, and measured peaks were up to
-#: 6% above it (512x384 bf16); a plan's estimate must stay within ``(1 - PLAN_MARGIN) * budget``.
-PLAN_MARGIN = 0.07
+#: 6% above it on the Zen 5 that fitted it (512x384 bf16) and 8.6% above it on the CI machine of stop 21
+#: (768x576 fp32 tiled at 1.4 GB, oneDNN/ATen capped to AVX2: estimate 1.295 GB, peak 1.406 GB; the same run
+#: capped on the Zen 5 peaked at 1.323 GB): the fixed cost (runtime, libraries) differs between CPUs.
+#: A plan's estimate must stay within ``(1 - PLAN_MARGIN) * budget``.
+PLAN_MARGIN = 0.10
 
 
 # --------------------------------------------------------------------------- sizes and units
