@@ -68,6 +68,10 @@ def _add_stylize(sub) -> None:
     p.add_argument("--lbfgs-clamp", action=argparse.BooleanOptionalAction, default=None,
                    help="L-BFGS keeps the image in [0, 1] at every step (default "
                         f"{'on' if d('lbfgs_clamp') else 'off'}; off: unconstrained, clamped once at the end)")
+    p.add_argument("--lbfgs-first-step", type=_float_or_none, metavar="RMS",
+                   help="L-BFGS: RMS displacement per value of each stage's first step, and of any step taken "
+                        f"before a curvature pair is kept (default {d('lbfgs_first_step'):g}; 'none': torch's "
+                        "rule, min(1, 1/|g|_1), unstable in bf16)")
     p.add_argument("--weight-steps", type=float, metavar="P",
                    help="coarse-to-fine: full-size steps x (style weight / 12) ** P above weight 12, so larger "
                         f"weights get the steps they need (default {d('weight_steps'):g}; 0 = always --steps)")
@@ -115,9 +119,19 @@ CONFIG_OPTIONS = (
     "backbone", "weights", "pooling", "size", "style_scale", "steps", "optimizer", "lr", "content_weight",
     "style_weight", "tv_weight", "content_layers", "style_layers", "style_weights", "multi_style", "init",
     "preserve_color", "seed", "device", "precision", "scales", "scale_detail", "style_loss", "lbfgs_history",
-    "lbfgs_clamp", "weight_steps", "ema_decay", "photoreal_weight", "photoreal_epsilon", "photoreal_two_stage",
-    "max_memory",
+    "lbfgs_clamp", "lbfgs_first_step", "weight_steps", "ema_decay", "photoreal_weight", "photoreal_epsilon",
+    "photoreal_two_stage", "max_memory",
 )
+
+
+def _float_or_none(value: str):
+    """A number, or ``none`` (kept as the string: an option left out is None; `cmd_stylize` maps it)."""
+    if value.lower() in ("none", "off", "null"):
+        return "none"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}': expected a number or none") from None
 
 
 def _scale_stage(value: str):
@@ -144,6 +158,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     values = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k, None) is not None}
     if values.get("scales") is not None:  # `--scales none`: one scale
         values["scales"] = None if None in values["scales"] else tuple(values["scales"])
+    if values.get("lbfgs_first_step") == "none":  # torch's first-step rule
+        values["lbfgs_first_step"] = None
     config = make_config(**values)
     if args.regions is not None or any(_named_style(s) for s in args.style):
         return _stylize_regions(args, config, out)

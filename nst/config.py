@@ -56,6 +56,13 @@ class StyleConfig(BaseModel):
         description="L-BFGS: keep the image in [0, 1] at every step (projected steps; Adam always clamps), so the "
         "optimum found is one the saved image can hold; false: unconstrained, clamped once at the end (issue 14)",
     )
+    lbfgs_first_step: Optional[float] = Field(
+        1e-3, gt=0, le=1,
+        description="L-BFGS: each stage's first step moves the image by this RMS per value (range 0..1), as does "
+        "every step while no curvature pair has been kept, and pairs whose gradient change is mostly noise "
+        "(cosine to the step < 0.01) are not kept; none: torch's rule (first step min(1, 1/|g|_1), every pair "
+        "with y.s > 0 kept), whose tiny steps made bf16 runs diverge (issue 14)",
+    )
     ema_decay: Optional[float] = Field(
         None, ge=0, lt=1, description="Adam: return an exponential moving average of the iterates (e.g. 0.99)"
     )

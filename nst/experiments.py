@@ -580,7 +580,7 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
 ID_NEUTRAL: dict[str, Any] = {
     "photoreal_weight": 0.0, "photoreal_epsilon": 1e-7, "photoreal_two_stage": False,
     "lbfgs_line_search": False, "ema_decay": None, "scales": None, "style_loss": "gram", "scale_detail": False,
-    "max_memory": None, "lbfgs_clamp": False, "weight_steps": 0.0,
+    "max_memory": None, "lbfgs_clamp": False, "weight_steps": 0.0, "lbfgs_first_step": None,
 }
 
 

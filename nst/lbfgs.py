@@ -12,8 +12,14 @@ of one makes the same iterates, and a sample makes the same iterates whatever it
 With `bounds` (``(lo, hi)``, the engine's ``lbfgs_clamp``) the iterate stays in the box (projected
 quasi-Newton): a coordinate at a bound whose gradient points out of the box is held (its gradient and
 direction are zero for that step), the new point is clamped into the box, and the curvature pair is built
-from the displacement actually made, so the optimum found is one a saved image can hold.  Without bounds
-nothing changes.
+from the displacement actually made (and the full gradients), so the optimum found is one a saved image can
+hold.  Without bounds nothing changes.
+
+With `first_step` (the engine's ``lbfgs_first_step``) the first step moves each sample by that RMS per value
+instead of torch's min(1, 1/|g|_1), and again while a sample has no kept pair; a pair is kept only if its
+gradient change is not mostly noise (`MIN_PAIR_COSINE`).  torch's tiny first step gave bf16 gradients a
+curvature pair that was rounding noise, and the step after it was 60x too long (docs/performance.md).
+Without it, the iterates are torch's.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+#: With `first_step`: a curvature pair is kept only where y.s > MIN_PAIR_COSINE |y| |s|.  Measured at 512 px,
+#: bf16 (Neckarfront x The Starry Night): the pairs of a stage's first, tiny step had cosines 0.003-0.004 (the
+#: gradient change was bf16 noise) and made the next step 60x too long; later pairs 0.1-0.7.
+MIN_PAIR_COSINE = 1e-2
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -38,13 +49,14 @@ class BatchLBFGS:
     """
 
     def __init__(self, x: torch.Tensor, lr: float = 1.0, history_size: int = 100,
-                 bounds: tuple[float, float] | None = None) -> None:
+                 bounds: tuple[float, float] | None = None, first_step: float | None = None) -> None:
         if not x.is_leaf or not x.requires_grad:
             raise ValueError("BatchLBFGS optimises a leaf tensor that requires grad")
         self.x = x
         self.lr = float(lr)
         self.history_size = int(history_size)
         self.bounds = bounds
+        self.first_step = first_step
         self._y: list[torch.Tensor] = []  # gradient differences, [B, P] each
         self._s: list[torch.Tensor] = []  # steps taken, [B, P] each
         self._rho: list[torch.Tensor] = []  # 1 / (y.s) where the sample keeps the pair, else 0; [B] each
@@ -68,6 +80,8 @@ class BatchLBFGS:
     def _remember(self, y: torch.Tensor, s: torch.Tensor, ys: torch.Tensor) -> None:
         """Add a curvature pair for the samples that accept it, each dropping its oldest if full."""
         accept = ys > 1e-10
+        if self.first_step is not None:  # and not a pair whose y is mostly gradient noise (bf16)
+            accept = accept & (ys > MIN_PAIR_COSINE * (_dot(y, y) * _dot(s, s)).sqrt())
         if len(self._y) >= self.history_size:  # only then can a sample's own history be full
             evict = accept & (self._count >= self.history_size)
             for i in range(len(self._rho)):  # oldest first: each evicting sample drops its oldest kept pair
@@ -90,8 +104,8 @@ class BatchLBFGS:
         """Evaluate the loss and its gradient with `closure` (which must call backward), then move."""
         with torch.enable_grad():
             loss = closure()
-        g = self._flat_grad()
-        active = None
+        g_full = self._flat_grad()
+        g, active = g_full, None
         if self.bounds is not None:  # coordinates held at a bound by their gradient are out of this step's problem
             lo, hi = self.bounds
             xf = self.x.detach().reshape(g.shape)
@@ -103,7 +117,9 @@ class BatchLBFGS:
             self._h_diag = torch.ones(g.shape[0], dtype=g.dtype, device=g.device)
             self._count = torch.zeros(g.shape[0], dtype=torch.long, device=g.device)
         else:
-            y = g - self._prev_grad
+            # the curvature pair is the objective's own: full gradients (not the masked ones, whose difference
+            # is the gradient itself wherever the held set changed: such pairs made bf16 runs diverge)
+            y = g_full - self._prev_grad
             s = self._d * self._t[:, None] if self._s_last is None else self._s_last
             self._remember(y, s, _dot(y, s))
             # two-loop recursion: d = -H g, per sample (a pair with rho = 0 changes nothing)
@@ -117,10 +133,17 @@ class BatchLBFGS:
                 beta = _dot(self._y[i], d) * self._rho[i]
                 d.add_(self._s[i] * (alphas[i] - beta)[:, None])
         if self._prev_grad is None:
-            self._prev_grad = g.clone()
+            self._prev_grad = g_full.clone()
         else:
-            self._prev_grad.copy_(g)
-        if self.iterations == 1:  # torch's first step: min(1, 1/|g|_1) * lr
+            self._prev_grad.copy_(g_full)
+        if self.first_step is not None:
+            # a displacement of first_step RMS per value, and again (a gradient step) while a sample has no pair
+            fresh = self._count == 0
+            t_first = self.first_step * g.shape[1] ** 0.5 / _dot(g, g).sqrt().clamp_min(1e-30) * self.lr
+            t = torch.where(fresh, t_first, torch.full_like(t_first, self.lr))
+            if self.iterations > 1:
+                d = torch.where(fresh[:, None], g.neg(), d)
+        elif self.iterations == 1:  # torch's first step: min(1, 1/|g|_1) * lr
             t = torch.clamp(1.0 / g.abs().sum(dim=1), max=1.0) * self.lr
         else:
             t = torch.full((g.shape[0],), self.lr, dtype=g.dtype, device=g.device)

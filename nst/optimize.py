@@ -147,7 +147,7 @@ class StyleJob:
 #: (Loss weights, styles, layer weights, colour handling, seed and init may differ per job.)
 BATCH_FIELDS = (
     "backbone", "weights", "pooling", "size", "steps", "optimizer", "lr", "lbfgs_history", "lbfgs_line_search",
-    "lbfgs_clamp",
+    "lbfgs_clamp", "lbfgs_first_step",
     "ema_decay", "scales", "content_layers", "style_layers", "multi_style", "photoreal_two_stage", "device",
     "precision", "max_memory",
 )
@@ -624,7 +624,8 @@ def _optimizer(x: torch.Tensor, config: StyleConfig):
                                  tolerance_change=0.0, line_search_fn="strong_wolfe")
     if config.optimizer == "lbfgs":
         bounds = (0.0, 1.0) if config.lbfgs_clamp else None  # projected steps (issue 14)
-        return BatchLBFGS(x, lr=lr, history_size=config.lbfgs_history, bounds=bounds)
+        return BatchLBFGS(x, lr=lr, history_size=config.lbfgs_history, bounds=bounds,
+                          first_step=config.lbfgs_first_step)
     return torch.optim.Adam([x], lr=lr)
 
 

@@ -208,9 +208,10 @@ def test_options_at_their_neutral_value_keep_cell_ids() -> None:
     c, s = image("tubingen.jpg"), [image("starry_night.jpg")]
     # the engine's default schedule is not neutral: the one-scale setting (experiments.yaml's defaults) with the
     # unprojected L-BFGS of before issue 14 is; the projected default (lbfgs_clamp) changes what a cell computes
-    neutral = dict(scales=None, scale_detail=False, lbfgs_clamp=False, weight_steps=0.0)
+    neutral = dict(scales=None, scale_detail=False, lbfgs_clamp=False, weight_steps=0.0, lbfgs_first_step=None)
     base = cell_id("gatys", make_config(size=64, steps=3, **neutral), c, s)
     assert cell_id("gatys", make_config(size=64, steps=3, **ID_NEUTRAL), c, s) == base
     assert cell_id("gatys", make_config(size=64, steps=3, **{**neutral, "lbfgs_clamp": True}), c, s) != base
+    assert cell_id("gatys", make_config(size=64, steps=3, **{**neutral, "lbfgs_first_step": 1e-3}), c, s) != base
     assert cell_id("gatys", make_config(size=64, steps=3, photoreal_weight=10.0), c, s) != base
     assert cell_id("gatys", make_config(size=64, steps=3, scales=((0.5, 10),)), c, s) != base

@@ -144,7 +144,9 @@ def test_tiled_bf16_run_tiles_falls_and_matches_untiled(content48, starry48, mon
     """`auto` precision on AMX / AVX512-BF16 machines: the tiled path under bf16 autocast (Grams and losses in fp32)."""
     monkeypatch.setattr(tiling, "CPU_LOAD_PEAK_BYTES", 0)
     monkeypatch.setattr(tiling, "PLAN_MARGIN", 0.0)
-    cfg = StyleConfig(size=64, steps=4, **{**SHALLOW, "precision": "bf16"})
+    # Adam: L-BFGS without a line search is chaotic on this 64 px, three-layer toy (its loss jumps 4.4 -> 19 -> 4.0
+    # in fp32 and bf16 alike), which hid the tiling's own error in the optimiser's; tiling is optimiser-agnostic
+    cfg = StyleConfig(size=64, steps=4, optimizer="adam", lr=0.02, **{**SHALLOW, "precision": "bf16"})
     untiled = tiling.estimate(cfg, (48, 64), 4, "cpu", "bf16")
     tiled_cfg = cfg.replace(max_memory=untiled.peak_bytes - 2**20)
     r = stylize(content48, [starry48], tiled_cfg)
@@ -153,10 +155,10 @@ def test_tiled_bf16_run_tiles_falls_and_matches_untiled(content48, starry48, mon
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     plain = stylize(content48, [starry48], cfg)
     # bf16 rounding differs with the tile grid, so not exact: measured |tiled - untiled| final loss / untiled
-    # final loss 0.4-2.9% (tubingen, chelsea, astronaut at 64 px) on a Xeon with AMX (native bf16) and
-    # 0.8-2.8% with oneDNN/ATen capped to AVX2 (bf16 emulated); 10% is ~3.4x the largest
+    # final loss 0.00-0.04% (tubingen, chelsea, astronaut at 64 px, Adam) on the Zen 5 (native bf16) and with
+    # oneDNN/ATen capped to AVX2 (bf16 emulated); 1% is 25x the largest.  (With L-BFGS it was 0.4-2.9%: chaos.)
     final = plain.history[-1]["total"]
-    assert abs(losses[-1] - final) < 0.1 * final
+    assert abs(losses[-1] - final) < 0.01 * final
 
 
 def plan_offsets(result) -> list:
