@@ -77,7 +77,9 @@ def cell_table(exp_id: str, cell_ids: list[str] | None = None) -> tuple[pd.DataF
         }
         row.update({a: r.get(f"tags.axis.{a}") for a in axes})
         for col in runs.columns:
-            if col.startswith("metrics.") and not col.startswith("metrics.loss_"):
+            # per-step losses are curves, system/* the host's load while the cell ran (MLflow's system
+            # metrics: charts in the UI); neither is a result to compare in a table
+            if col.startswith("metrics.") and not col.startswith(("metrics.loss_", "metrics.system/")):
                 row[col[len("metrics."):]] = r[col]
         for t in ("method", "backbone", "weights_source", "device", "error"):
             if t not in axes:  # an axis column already holds it

@@ -136,6 +136,8 @@ def test_tiny_grid_tracks_reports_and_resumes(home: Path, prefect_server, capsys
     rep = home / "reports" / "tiny"
     table = pd.read_csv(rep / "table.csv")
     assert len(table) == 3 and {"content", "style", "eval_style_distance", "s_per_step", "status"} <= set(table)
+    assert "system/cpu_utilization_percentage" in ok.data.metrics  # logged in MLflow (its charts) ...
+    assert not [c for c in table if c.startswith("system/")]  # ... but not a column of the comparison table
     assert sorted(table["style"]) == ["corrupt", "starry_night", "the_scream"]
     assert table.set_index("style").loc["corrupt", "status"] == "FAILED"
     assert table["eval_style_distance"].notna().sum() == 2
