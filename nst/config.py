@@ -57,7 +57,7 @@ class StyleConfig(BaseModel):
         "optimum found is one the saved image can hold; false: unconstrained, clamped once at the end (issue 14)",
     )
     lbfgs_first_step: Optional[float] = Field(
-        1e-3, gt=0, le=1,
+        1e-2, gt=0, le=1,
         description="L-BFGS: each stage's first step moves the image by this RMS per value (range 0..1), as does "
         "every step while no curvature pair has been kept, and pairs whose gradient change is mostly noise "
         "(cosine to the step < 0.01) are not kept; none: torch's rule (first step min(1, 1/|g|_1), every pair "
