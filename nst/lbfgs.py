@@ -80,8 +80,9 @@ class BatchLBFGS:
     def _remember(self, y: torch.Tensor, s: torch.Tensor, ys: torch.Tensor) -> None:
         """Add a curvature pair for the samples that accept it, each dropping its oldest if full."""
         accept = ys > 1e-10
+        yy = _dot(y, y)
         if self.first_step is not None:  # and not a pair whose y is mostly gradient noise (bf16)
-            accept = accept & (ys > MIN_PAIR_COSINE * (_dot(y, y) * _dot(s, s)).sqrt())
+            accept = accept & (ys > MIN_PAIR_COSINE * (yy * _dot(s, s)).sqrt())
         if len(self._y) >= self.history_size:  # only then can a sample's own history be full
             evict = accept & (self._count >= self.history_size)
             for i in range(len(self._rho)):  # oldest first: each evicting sample drops its oldest kept pair
@@ -93,7 +94,7 @@ class BatchLBFGS:
         self._s.append(s)
         self._rho.append(torch.where(accept, 1.0 / ys, torch.zeros_like(ys)))
         self._count = self._count + accept.to(self._count.dtype)
-        self._h_diag = torch.where(accept, ys / _dot(y, y), self._h_diag)
+        self._h_diag = torch.where(accept, ys / yy, self._h_diag)
         while len(self._y) > self.history_size and not bool((self._rho[0] != 0).any()):  # kept by no sample
             self._y.pop(0)
             self._s.pop(0)
