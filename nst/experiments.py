@@ -126,7 +126,9 @@ class FigureSpec(BaseModel):
     grids: list[str] = Field(min_length=1)
     show: list[Panel] = Field(
         default_factory=lambda: ["sheet", "table"], min_length=1)
-    columns: Optional[list[str]] = Field(None, description="table columns (default: axes and evaluator scores)")
+    columns: Union[None, list[str], dict[str, list[str]]] = Field(
+        None, description="table columns (default: axes and evaluator scores): for every grid of the figure, or "
+        "{grid: [columns]} for some of them (the others take the default)")
     curves: list[str] = Field(default_factory=lambda: ["content", "style", "total"],
                               description="loss terms plotted against the step")
     bars: list[str] = Field(default_factory=list, description="metrics drawn as grouped bars per cell")
@@ -883,10 +885,12 @@ def figure_grids(exp: Experiments, name: str, quick: bool, methods: Iterable[str
     for i, g in enumerate(fig.grids):
         if g not in exp.grids:
             raise ConfigError(f"figures.{name}.grids[{i}]: no grid '{g}' (grids: {', '.join(exp.grids)})")
-    for g in fig.artifacts if isinstance(fig.artifacts, dict) else ():
-        if g not in fig.grids:
-            raise ConfigError(f"figures.{name}.artifacts.{g}: not a grid of this figure (its grids: "
-                              f"{', '.join(fig.grids)})")
+    for key in ("artifacts", "columns"):
+        per_grid = getattr(fig, key)
+        for g in per_grid if isinstance(per_grid, dict) else ():
+            if g not in fig.grids:
+                raise ConfigError(f"figures.{name}.{key}.{g}: not a grid of this figure (its grids: "
+                                  f"{', '.join(fig.grids)})")
     for g in fig.grids:
         out.append(expand(exp, g, methods, getattr(fig, variant), f"figures.{name}.{variant}"))
     return out

@@ -211,7 +211,8 @@ def _panel(fig: _Figure, panel: str, gr: GridRun, spec: FigureSpec) -> None:
     if panel == "sheet" and "contact_sheet.png" in rep.files:
         fig.image(rep.files["contact_sheet.png"], panel)
     elif panel == "table":
-        table, missing = table_md(df, rep.axes, spec.columns)
+        columns = spec.columns.get(g.name) if isinstance(spec.columns, dict) else spec.columns
+        table, missing = table_md(df, rep.axes, columns)
         fig.md += [table]
         if missing:
             fig.notes.append(f"grid `{g.name}`: no run logged {', '.join(missing)}")

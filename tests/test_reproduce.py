@@ -83,6 +83,7 @@ figures:
     grids: [{grid}]
     show: [{panel}]
     artifacts: {artifacts}
+    columns: {columns}
     quick: {{size: {size}}}
 """
 
@@ -92,13 +93,15 @@ figures:
     ({"size": -3}, "figures.f.quick.size"),
     ({"panel": "pie"}, "figures.f.show[0]"),
     ({"artifacts": "{h: [evolution.png]}"}, "figures.f.artifacts.h: not a grid of this figure (its grids: g)"),
+    ({"columns": "{h: [wall_s]}"}, "figures.f.columns.h: not a grid of this figure (its grids: g)"),
 ])
 def test_figure_mistakes_name_their_yaml_path(tmp_path: Path, fields: dict, where: str) -> None:
     from nst.data import image
 
     for n in ("tubingen.jpg", "starry_night.jpg"):
         shutil.copy(image(n), tmp_path / n)
-    values = {"method": "gatys", "grid": "g", "panel": "sheet", "size": 32, "artifacts": "[]", **fields}
+    values = {"method": "gatys", "grid": "g", "panel": "sheet", "size": 32, "artifacts": "[]", "columns": "null",
+              **fields}
     (tmp_path / "exp.yaml").write_text(FIG.format(**values))
     with pytest.raises(ConfigError) as err:
         exp = load_experiments(tmp_path / "exp.yaml")
@@ -112,7 +115,8 @@ def test_figure_of_a_missing_method_is_listed_not_fatal(tmp_path: Path) -> None:
 
     for n in ("tubingen.jpg", "starry_night.jpg"):
         shutil.copy(image(n), tmp_path / n)
-    (tmp_path / "exp.yaml").write_text(FIG.format(method="hologram", grid="g", panel="sheet", size=32, artifacts="[]"))
+    (tmp_path / "exp.yaml").write_text(FIG.format(method="hologram", grid="g", panel="sheet", size=32, artifacts="[]",
+                                                     columns="null"))
     why = availability(tmp_path / "exp.yaml", quick=True)["f"]
     assert why is not None and "hologram" in why
 
