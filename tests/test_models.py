@@ -221,3 +221,28 @@ def test_grid_model_option_takes_a_name(models, tmp_path):
     assert "shipped: duo, wave" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match=r"grids.g.settings.model: model file 'nets/x.pt' not found"):
         grid("nets/x.pt")
+
+
+def test_train_shipped_retrains_a_network_whose_recipe_changed(tmp_path, monkeypatch):
+    """tools/train_shipped.py: a packed network trained with another style weight than NETWORKS says is
+    trained again, its earlier records kept under the old value's name; an unrecorded key is no change."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import train_shipped as ts
+
+    recipe = ts.config("wave")
+    trained = {k: recipe[k] for k in ts.RECIPE_KEYS if k in recipe}
+    net = _perturbed(NetConfig(width=4, n_residual=1))
+    same = save_model(net, tmp_path / "same.pt", ["wave"], {"train_config": {**trained, "style_layers": None}})
+    assert ts.recipe_change("wave", same) is None
+    other = save_model(net, tmp_path / "other.pt", ["wave"], {"train_config": {**trained, "style_weight": 2.0}})
+    assert ts.recipe_change("wave", other) == (f"style_weight 2.0 -> {recipe['style_weight']!r}", "sw2")
+
+    monkeypatch.setattr(ts, "RUNS", tmp_path / "runs")
+    ts.RUNS.mkdir()
+    for ext in (".ckpt", ".sittings.json", ".validation.json"):
+        (ts.RUNS / f"wave{ext}").write_text("x")
+    ts.retire("wave", "sw2")
+    assert sorted(p.name for p in ts.RUNS.iterdir()) == ["wave_sw2.ckpt", "wave_sw2.sittings.json",
+                                                         "wave_sw2.validation.json"]
