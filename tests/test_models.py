@@ -241,8 +241,8 @@ def test_train_shipped_retrains_a_network_whose_recipe_changed(tmp_path, monkeyp
 
     monkeypatch.setattr(ts, "RUNS", tmp_path / "runs")
     ts.RUNS.mkdir()
-    for ext in (".ckpt", ".sittings.json", ".validation.json"):
+    for ext in (".ckpt", ".pt", ".sittings.json", ".validation.json"):
         (ts.RUNS / f"wave{ext}").write_text("x")
     ts.retire("wave", "sw2")
-    assert sorted(p.name for p in ts.RUNS.iterdir()) == ["wave_sw2.ckpt", "wave_sw2.sittings.json",
+    assert sorted(p.name for p in ts.RUNS.iterdir()) == ["wave_sw2.ckpt", "wave_sw2.pt", "wave_sw2.sittings.json",
                                                          "wave_sw2.validation.json"]
