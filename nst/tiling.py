@@ -92,8 +92,11 @@ TRANSIENT_ACTIVATIONS = {"fp32": 2.4, "bf16": 1.9, "fp16": 1.9}
 #: 6% above it on the Zen 5 that fitted it (512x384 bf16) and 8.6% above it on the CI machine of stop 21
 #: (768x576 fp32 tiled at 1.4 GB, oneDNN/ATen capped to AVX2: estimate 1.295 GB, peak 1.406 GB; the same run
 #: capped on the Zen 5 peaked at 1.323 GB): the fixed cost (runtime, libraries) differs between CPUs.
+#: The Xeon AMX (session 9, native bf16): 768x576 bf16 tiled at 1.3 GB, estimate 1.170 GB, peak 1.311 GB (the
+#: estimate 11% under; the same test passed there an hour before): the margin is the lower edge of the
+#: estimate/peak band the tests accept (0.85), so an estimate inside the band keeps a plan in its budget.
 #: A plan's estimate must stay within ``(1 - PLAN_MARGIN) * budget``.
-PLAN_MARGIN = 0.10
+PLAN_MARGIN = 0.15
 
 
 # --------------------------------------------------------------------------- sizes and units
