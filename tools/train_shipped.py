@@ -77,12 +77,10 @@ NETWORKS: dict[str, tuple[tuple[str, ...], int, dict]] = {
     "wave": (("wave.jpg",), 800, {"style_weight": 4.0}),
     "kandinsky": (("kandinsky.jpg",), 800, {"style_weight": 4.0}),
     "udnie": (("udnie.jpg",), 800, {"style_weight": 3.0}),
-    # session 9, first training at the recipe's weight 2: content kept far better than Magenta's (test photos
-    # 0.43-0.47 vs 0.79-1.29) but farther from 3 of the 4 styles (0.31-0.40 vs 0.21-0.28): colour-graded more
-    # than painted (training/runs/four_styles_sw2.*); the single-style networks use 3-10
-    # At 5 (session 9) the validation style passed Magenta's on all four by step 800 with as much content;
-    # checks spiked at 1100 and 1700 (style 0.58, 8.6) and recovered; stopped at 2000 for the session's end
-    # (best check 1600).
+    # Session 9: at the recipe's weight 2 the content was kept far better than Magenta's (test photos 0.43-0.47
+    # vs 0.79-1.29) but 3 of the 4 styles stayed farther (0.31-0.40 vs 0.21-0.28; training/runs/four_styles_sw2.*).
+    # At 5 the validation style passed Magenta's on all four by step 800; checks spiked at 1100 (style 0.58) and
+    # 1700 (8.6, still 0.77 at 2000), so the packed network is the best check (1600), stopped at 2000.
     "four_styles": (("starry_night.jpg", "the_scream.jpg", "wave.jpg", "kandinsky.jpg"), 2000, {"style_weight": 5.0}),
     "starry_night_batchnorm": (("starry_night.jpg",), 1000, {**V1, "norm": "batch", "style_weight": 10.0}),
 }
@@ -186,10 +184,15 @@ def train_one(name: str, tracked: bool) -> Path:
     return dst
 
 
-#: What makes a recipe: a packed network trained with other values than NETWORKS says is trained again.
+#: What makes a recipe: a packed network trained with other values than NETWORKS says is trained again
+#: (not `steps`: more steps resume the checkpoint, nst.fast.train.RESUMABLE).
 RECIPE_KEYS = ("size", "batch_size", "lr", "content_weight", "style_weight", "tv_weight", "width", "n_residual",
-               "norm", "pooling", "style_layers", "content_layers", "steps")
-SHORT = {"style_weight": "sw", "content_weight": "cw", "pooling": "pool", "steps": "steps"}
+               "norm", "pooling", "style_layers", "content_layers")
+SHORT = {"style_weight": "sw", "content_weight": "cw", "pooling": "pool"}
+
+
+def _plain(v):
+    return tuple(v) if isinstance(v, list) else v
 
 
 def recipe_change(name: str, packed: Path) -> tuple[str, str] | None:
@@ -199,9 +202,7 @@ def recipe_change(name: str, packed: Path) -> tuple[str, str] | None:
     trained = (read_payload(packed).get("meta") or {}).get("train_config") or {}
     want = config(name)
     for k in RECIPE_KEYS:
-        old, new = trained.get(k), want.get(k)
-        old = tuple(old) if isinstance(old, list) else old
-        new = tuple(new) if isinstance(new, list) else new
+        old, new = _plain(trained.get(k)), _plain(want.get(k))
         if k in want and old is not None and old != new:  # None: the default then (starry_night's layers)
             tag = f"{old:g}" if isinstance(old, (int, float)) else (len(old) if isinstance(old, tuple) else old)
             return f"{k} {old!r} -> {new!r}", f"{SHORT.get(k, k)}{tag}"
