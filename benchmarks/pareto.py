@@ -47,6 +47,7 @@ from time_to_quality import DEFAULT_CACHE_DIR, geomean, parse_sets, pastiche_ref
 
 from nst import backbones, load_image, stylize  # noqa: E402
 from nst.config import make_config  # noqa: E402
+from nst.data import image  # noqa: E402
 from nst.evaluate import RobustEvaluator  # noqa: E402
 from nst.features import DEFAULT_CACHE  # noqa: E402
 from nst.hardware import cpu_isa, cpu_model  # noqa: E402
@@ -310,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.size, args.peer_steps = min(args.size, 64), [3, 6]
-        args.pairs = args.pairs or [":".join(PAIRS[0])]
+        # the first pair's bundled copies: a smoke run (and its test) needs no ../shared/data beside the clone
+        args.pairs = args.pairs or [f"{image('tubingen.jpg')}:{image('starry_night.jpg')}"]
         args.weights = args.weights if args.weights != list(WEIGHTS) else [2, 30]
     pairs = [tuple(p.split(":", 1)) for p in args.pairs] if args.pairs else list(PAIRS)
     overrides = parse_sets(args.set)
