@@ -140,14 +140,36 @@ def pareto_front(front: list[dict]) -> list[dict]:
     return [r for r in front if not beaten(r)]
 
 
+def style_falls(row: dict) -> dict:
+    """Issue 14's second criterion on one pair: while nst's style distance is above the best of the peer's longest
+    runs (both poolings), every step up the weight sweep lowers it, and the sweep's lowest is at or below that best.
+
+    ``rises`` lists every step up the sweep that did not lower it; ``rises_above`` only those that started above the
+    peer's level (the ones that fail the criterion): below it, the sweep is already as good as the peer."""
+    sweep = sorted(row["nst"], key=lambda r: r["style_weight"])
+    longest = max(m["steps"] for m in row["matches"])
+    peer_best = min(m["style_d"] for m in row["matches"] if m["steps"] == longest)
+    steps = list(zip(sweep, sweep[1:]))
+    rises = [(a["style_weight"], b["style_weight"]) for a, b in steps if b["style_d"] >= a["style_d"]]
+    rises_above = [(a["style_weight"], b["style_weight"]) for a, b in steps
+                   if b["style_d"] >= a["style_d"] and a["style_d"] > peer_best]
+    lowest = min(r["style_d"] for r in sweep)
+    reaches = lowest <= peer_best
+    return {"falls": not rises_above and reaches, "monotonic": not rises, "rises": rises,
+            "rises_above": rises_above, "lowest": lowest, "peer_best": peer_best, "reaches": reaches}
+
+
 def summarise(rows: list[dict]) -> dict:
     ratios = [m["ratio"] for r in rows for m in r["matches"]]
     per_pair = [max(m["ratio"] for m in r["matches"]) for r in rows]
     gm, worst = geomean(ratios), max(ratios) if ratios else float("nan")
     dominated = sum(1 for x in ratios if math.isfinite(x))
+    falls = [style_falls(r) for r in rows if r.get("nst")]
     return {"peer_outputs": len(ratios), "dominated": dominated, "geomean_ratio": gm, "worst_ratio": worst,
             "worst_pair_ratio": max(per_pair) if per_pair else float("nan"),
-            "meets_target": dominated == len(ratios) and gm <= TARGET_GEOMEAN and worst <= TARGET_WORST}
+            "meets_target": dominated == len(ratios) and gm <= TARGET_GEOMEAN and worst <= TARGET_WORST,
+            "style_falls_pairs": sum(1 for f in falls if f["falls"]), "style_falls_of": len(falls),
+            "style_monotonic_pairs": sum(1 for f in falls if f["monotonic"])}
 
 
 def _strip(d: dict) -> dict:
@@ -159,7 +181,8 @@ def _strip(d: dict) -> dict:
 
 def plot(data: dict, path: Path) -> None:
     """One panel per pair: nst's sweep (content vs robust style distance, labelled by weight and seconds)
-    and the peer's outputs, each joined to the nst run that dominates it."""
+    and the peer's outputs, each joined to the nst run that dominates it; the dashed line is the level the sweep's
+    style distance must fall to (issue 14's no-floor criterion)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,6 +209,9 @@ def plot(data: dict, path: Path) -> None:
             if m["nst"] is not None:
                 ax.plot([m["content_d"], m["nst"]["content_d"]], [m["style_d"], m["nst"]["style_d"]], ":",
                         color=color, linewidth=0.8)
+        longest = max(m["steps"] for m in row["matches"])
+        ax.axhline(style_falls(row)["peer_best"], color="grey", linestyle="--", linewidth=0.7,
+                   label=f"pastiche's best style distance in {longest} steps (the sweep must get below it)")
         ax.set_title(f"{row['pair']} ({row['hw'][1]}x{row['hw'][0]})", fontsize=9)
         ax.set_xlabel("content distance (lower: closer to the photo)", fontsize=8)
         ax.set_ylabel("robust style distance", fontsize=8)
@@ -199,7 +225,8 @@ def plot(data: dict, path: Path) -> None:
     s = data["summary"]
     fig.suptitle(f"Time to quality against pastiche at {data['size']} px: geometric-mean ratio "
                  f"{s['geomean_ratio']:.3f}, worst {s['worst_ratio']:.3f}, {s['dominated']}/{s['peer_outputs']} "
-                 f"dominated\n{data['machine']}", fontsize=9)
+                 f"dominated; style distance falls to pastiche's level on {s.get('style_falls_pairs', '?')}/"
+                 f"{s.get('style_falls_of', len(rows))} pairs\n{data['machine']}", fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
@@ -209,8 +236,9 @@ def plot(data: dict, path: Path) -> None:
 def table(data: dict) -> str:
     """The Markdown block README.md and docs/performance.md show, from a JSON file of this benchmark."""
     s = data["summary"]
+    commands = list(dict.fromkeys(r.get("command", data["command"]) for r in data["rows"])) or [data["command"]]
     lines = [f"Pareto time to quality at {data['size']} px, robust evaluator; {data['machine']}; "
-             f"`{data['command']}` ({data['created']}; pairs {data.get('pairs_done', 'all')}"
+             + " then ".join(f"`{c}`" for c in commands) + f" ({data['created']}; pairs {data.get('pairs_done', 'all')}"
              + (", some peer outputs from the cache: exploration" if data.get("peer_cached") else "") + ").",
              "",
              "| pair | pastiche output | its time | its content / style | cheapest nst as good (weight) "
@@ -227,6 +255,24 @@ def table(data: dict) -> str:
     lines += ["", f"**{s['dominated']}/{s['peer_outputs']} peer outputs dominated; geometric-mean ratio "
               f"{s['geomean_ratio']:.3f}, worst {s['worst_ratio']:.3f}** (target: all, <= {TARGET_GEOMEAN}, "
               f"<= {TARGET_WORST})."]
+    if "style_falls_of" in s:
+        misses, wiggles = [], []
+        for row in data["rows"]:
+            f = style_falls(row)
+            if f["rises_above"]:
+                misses.append(f"{row['pair']}: rises above pastiche's level from w "
+                              + ", ".join(f"{a:g} to {b:g}" for a, b in f["rises_above"]))
+            if not f["reaches"]:
+                misses.append(f"{row['pair']}: lowest {f['lowest']:.4f} > pastiche's {f['peer_best']:.4f}")
+            below = [r for r in f["rises"] if r not in f["rises_above"]]
+            if below:
+                wiggles.append(f"{row['pair']} from w " + ", ".join(f"{a:g} to {b:g}" for a, b in below)
+                               + f", all below pastiche's {f['peer_best']:.4f}")
+        lines += ["", f"Style distance falls with every step up the weight sweep down to pastiche's level (the best of "
+                  f"its {max(data['peer_steps'])}-step runs) on **{s['style_falls_pairs']}/{s['style_falls_of']} "
+                  f"pairs**" + (f" ({'; '.join(misses)})" if misses else "")
+                  + f"; at every step of the sweep on {s['style_monotonic_pairs']}/{s['style_falls_of']}"
+                  + (f" (it rises on {'; '.join(wiggles)})." if wiggles else ".")]
     return "\n".join(lines)
 
 
@@ -273,6 +319,34 @@ def _data(args, command: str, base, ev, rows: list[dict]) -> dict:
             "summary": summarise(rows)}
 
 
+#: What must match for a pair measured by an earlier process to stand beside this one's (the machine line holds
+#: the CPU model, its ISA, the threads, torch's and pastiche's versions).
+RESUME_KEYS = ("size", "machine", "evaluator", "overrides", "weights", "peer_steps", "peer_pooling", "config")
+
+
+def resumed_rows(args, base, ev) -> list[dict]:
+    """The pairs of an earlier run of the same benchmark on this kind of machine; [] when there is none."""
+    if not args.json or not args.json.exists():
+        return []
+    old = json.loads(args.json.read_text())
+    now = {"size": args.size, "machine": machine_line(), "evaluator": ev.id, "overrides": parse_sets(args.set),
+           "weights": args.weights, "peer_steps": args.peer_steps, "peer_pooling": args.peer_pooling,
+           "config": json.loads(json.dumps(base.model_dump(mode="json")))}
+    differ = [k for k in RESUME_KEYS if old.get(k) != now[k]]
+    if differ:
+        print(f"not resumed: {args.json} was measured with another {', '.join(differ)}")
+        return []
+    if old.get("peer_cached"):
+        print(f"not resumed: {args.json} has peer outputs from the cache")
+        return []
+    wanted = {(str(c), str(s)) for c, s in ([tuple(p.split(":", 1)) for p in args.pairs] if args.pairs else PAIRS)}
+    rows = [r for r in old["rows"] if (r["content"], r["style"]) in wanted]
+    for r in rows:  # a pair keeps the command and date of the process that measured it
+        r.setdefault("command", old["command"])
+        r.setdefault("created", old["created"])
+    return rows
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=1, default=str)
@@ -294,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch threads for both engines (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 pair, 64 px, peer 3/6 steps, 2 weights")
     ap.add_argument("--json", type=Path, help="write every figure here")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the pairs already in --json when they were measured with the same settings on this "
+                         "CPU model, torch and pastiche (each pair's peer and nst runs stay in one process), and run "
+                         "the others")
     ap.add_argument("--plot", type=Path, help="write the fronts as a PNG here")
     ap.add_argument("--table", type=Path, metavar="JSON",
                     help="only rewrite the marked tables in README.md and docs/performance.md (and --plot) from "
@@ -301,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.table:
         data = json.loads(args.table.read_text())
+        data["summary"] = summarise(data["rows"])  # a JSON written before a criterion was added gets it too
         for f in write_tables(data, [ROOT / "README.md", ROOT / "docs" / "performance.md"]):
             print(f"rewrote the Pareto table in {f.relative_to(ROOT)}")
         if args.plot:
@@ -325,8 +404,13 @@ def main(argv: list[str] | None = None) -> int:
           f"steps; nst: default schedule" + (f" with {overrides}" if overrides else "")
           + f", style weights {' '.join(f'{w:g}' for w in args.weights)}; evaluator {ev.id}")
     started = time.perf_counter()
-    rows = []
+    rows = resumed_rows(args, base, ev) if args.resume else []
+    done = {(r["content"], r["style"]) for r in rows}
+    if rows:
+        print(f"resumed: {len(rows)} pair(s) from {args.json} ({', '.join(r['pair'] for r in rows)})")
     for c_name, s_name in pairs:
+        if (str(c_name), str(s_name)) in done:
+            continue
         c_path, s_path = resolve(c_name), resolve(s_name)
         content = load_image(c_path, size=args.size)
         style = load_image(s_path)  # full size: each engine and the evaluator resize it their own way
@@ -352,15 +436,20 @@ def main(argv: list[str] | None = None) -> int:
                      f"style {best['style_d']:.4f}): ratio {ratio:.3f}" if best else "NOT dominated by the sweep"),
                   flush=True)
         rows.append({"pair": pair, "content": str(c_name), "style": str(s_name), "hw": list(content.shape[-2:]),
+                     "machine": machine_line(), "created": time.strftime("%Y-%m-%d %H:%M"), "command": command,
                      "nst": front, "nst_pareto": [r["style_weight"] for r in pareto_front(front)],
                      "matches": matches})
         if args.json:  # after every pair: a run stopped early keeps the pairs it finished
             _write_json(args.json, _data(args, command, base, ev, rows))
+    order = {(str(c), str(s_)): i for i, (c, s_) in enumerate(pairs)}
+    rows.sort(key=lambda r: order.get((r["content"], r["style"]), len(order)))
     data = _data(args, command, base, ev, rows)
     summary = data["summary"]
     print(f"\n{summary['dominated']}/{summary['peer_outputs']} peer outputs dominated; geometric-mean time ratio "
           f"nst/pastiche {summary['geomean_ratio']:.3f}, worst {summary['worst_ratio']:.3f} (target: all, <= "
           f"{TARGET_GEOMEAN}, <= {TARGET_WORST}): {'MET' if summary['meets_target'] else 'NOT met'}; "
+          f"style distance falls with the weight down to pastiche's level on {summary['style_falls_pairs']}/"
+          f"{summary['style_falls_of']} pairs (at every step on {summary['style_monotonic_pairs']}); "
           f"{time.perf_counter() - started:.0f} s in all")
     if args.json:
         _write_json(args.json, data)

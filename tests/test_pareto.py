@@ -76,3 +76,54 @@ def test_whole_procedure_at_64px_and_tables_regenerated_from_its_json(tmp_path) 
     text = doc.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
     assert "| tubingen x starry_night | max pool, 3 steps |" in text
+
+
+def _pair(styles: list[float], peer_300: float, name: str = "a x b") -> dict:
+    peer = {"pooling": "max", "seconds": 100.0, "content_d": 1.5, "nst": None, "ratio": float("inf")}
+    return {"pair": name, "nst": [_run(w, 10.0, 1.0, s) for w, s in zip((2, 5, 12, 30), styles)],
+            "matches": [{**peer, "steps": 100, "style_d": 0.01}, {**peer, "steps": 300, "style_d": peer_300}]}
+
+
+def test_style_falls_needs_every_step_up_the_sweep_lower_until_the_peers_longest_level_is_reached() -> None:
+    ok = pareto.style_falls(_pair([0.2, 0.1, 0.07, 0.05], peer_300=0.06))
+    assert ok["falls"] and ok["monotonic"] and ok["reaches"] and ok["lowest"] == 0.05
+    assert ok["peer_best"] == 0.06  # the bar is the peer's longest run, not its 100-step one
+    floor = pareto.style_falls(_pair([0.2, 0.1, 0.07, 0.08], peer_300=0.06))  # stops falling above the bar
+    assert not floor["falls"] and floor["rises_above"] == [(12, 30)] and floor["reaches"] is False
+    short = pareto.style_falls(_pair([0.2, 0.1, 0.08, 0.07], peer_300=0.06))  # falls, never reaches the bar
+    assert short["monotonic"] and not short["reaches"] and not short["falls"]
+    below = pareto.style_falls(_pair([0.2, 0.05, 0.055, 0.04], peer_300=0.06))  # wiggles only below the bar
+    assert below["falls"] and not below["monotonic"] and below["rises"] == [(5, 12)] and below["rises_above"] == []
+    rows = [_pair([0.2, 0.1, 0.07, 0.05], 0.06), _pair([0.2, 0.1, 0.07, 0.08], 0.06, name="c x d"),
+            _pair([0.2, 0.05, 0.055, 0.04], 0.06, name="e x f")]
+    s = pareto.summarise(rows)
+    assert (s["style_falls_pairs"], s["style_falls_of"], s["style_monotonic_pairs"]) == (2, 3, 1)
+    text = pareto.table({"size": 512, "machine": "m", "command": "c", "created": "d", "summary": s, "rows": rows,
+                         "peer_steps": [100, 300]})
+    assert ("on **2/3 pairs** (c x d: rises above pastiche's level from w 12 to 30; c x d: lowest 0.0700 > "
+            "pastiche's 0.0600); at every step of the sweep on 1/3 (it rises on e x f from w 5 to 12, all below "
+            "pastiche's 0.0600).") in text
+
+
+def test_resume_keeps_pairs_measured_with_the_same_settings_and_nothing_else(tmp_path, capsys) -> None:
+    import argparse
+
+    from nst.config import make_config
+    from nst.evaluate import RobustEvaluator
+
+    base, ev = make_config(size=512, device="cpu"), RobustEvaluator(resolution=512)
+    args = argparse.Namespace(json=tmp_path / "p.json", size=512, set=[], weights=[5.0, 12.0], peer_steps=[100, 300],
+                              peer_pooling=["max", "avg"], pairs=None)
+    first, other = pareto.PAIRS[0], ("contents/coffee.png", "styles/shipwreck.jpg")  # not a benchmark pair
+    old = {"size": 512, "machine": pareto.machine_line(), "evaluator": ev.id, "overrides": {}, "weights": [5.0, 12.0],
+           "peer_steps": [100, 300], "peer_pooling": ["max", "avg"], "config": base.model_dump(mode="json"),
+           "peer_cached": False, "command": "python benchmarks/pareto.py --json p.json", "created": "2026-12-02",
+           "rows": [{"content": first[0], "style": first[1], "pair": "p1"},
+                    {"content": other[0], "style": other[1], "pair": "p?"}]}
+    args.json.write_text(json.dumps(old))
+    rows = pareto.resumed_rows(args, base, ev)
+    assert [r["pair"] for r in rows] == ["p1"] and rows[0]["command"] == old["command"]
+    for key, value in (("weights", [5.0]), ("machine", "another CPU"), ("peer_cached", True)):
+        args.json.write_text(json.dumps({**old, key: value}))
+        assert pareto.resumed_rows(args, base, ev) == []
+        assert "not resumed" in capsys.readouterr().out
