@@ -158,7 +158,8 @@ def style_falls(row: dict) -> dict:
     lowest = min(r["style_d"] for r in sweep)
     reaches = lowest <= peer_best
     return {"falls": not rises_above and reaches, "monotonic": not rises, "rises": rises,
-            "rises_above": rises_above, "lowest": lowest, "peer_best": peer_best, "reaches": reaches}
+            "rises_above": rises_above, "lowest": lowest, "peer_best": peer_best, "peer_steps": longest,
+            "reaches": reaches}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -211,9 +212,9 @@ def plot(data: dict, path: Path) -> None:
             if m["nst"] is not None:
                 ax.plot([m["content_d"], m["nst"]["content_d"]], [m["style_d"], m["nst"]["style_d"]], ":",
                         color=color, linewidth=0.8)
-        longest = max(m["steps"] for m in row["matches"])
-        ax.axhline(style_falls(row)["peer_best"], color="grey", linestyle="--", linewidth=0.7,
-                   label=f"pastiche's best style distance in {longest} steps (the sweep must get below it)")
+        bar = style_falls(row)
+        ax.axhline(bar["peer_best"], color="grey", linestyle="--", linewidth=0.7,
+                   label=f"pastiche's best style distance in {bar['peer_steps']} steps (the sweep must get below it)")
         ax.set_title(f"{row['pair']} ({row['hw'][1]}x{row['hw'][0]})", fontsize=9)
         ax.set_xlabel("content distance (lower: closer to the photo)", fontsize=8)
         ax.set_ylabel("robust style distance", fontsize=8)
@@ -311,19 +312,24 @@ def write_tables(data: dict, files: list[Path]) -> list[Path]:
 # --------------------------------------------------------------------------- main
 
 
+def _pairs(args) -> list[tuple[str, str]]:
+    """The (content, style) pairs asked for: ``--pairs C:S ...`` or the benchmark's six."""
+    return [tuple(p.split(":", 1)) for p in args.pairs] if args.pairs else list(PAIRS)
+
+
+def _settings(args, base, ev) -> dict:
+    """What a run was measured with, and so what must match for a pair measured by an earlier process to stand
+    beside this one's (the machine line holds the CPU model, its ISA, the threads, torch's and pastiche's versions)."""
+    return {"size": args.size, "machine": machine_line(), "evaluator": ev.id, "overrides": parse_sets(args.set),
+            "weights": args.weights, "peer_steps": args.peer_steps, "peer_pooling": args.peer_pooling,
+            "config": base.model_dump(mode="json")}
+
+
 def _data(args, command: str, base, ev, rows: list[dict]) -> dict:
-    pairs_asked = len(args.pairs) if args.pairs else len(PAIRS)
-    return {"size": args.size, "machine": machine_line(), "command": command, "created": time.strftime("%Y-%m-%d"),
-            "evaluator": ev.id, "overrides": parse_sets(args.set), "weights": args.weights,
-            "peer_steps": args.peer_steps, "peer_pooling": args.peer_pooling, "config": base.model_dump(mode="json"),
-            "pairs_done": f"{len(rows)}/{pairs_asked}",
+    return {**_settings(args, base, ev), "command": command, "created": time.strftime("%Y-%m-%d"),
+            "pairs_done": f"{len(rows)}/{len(_pairs(args))}",
             "peer_cached": any(m["cached"] for r in rows for m in r["matches"]), "rows": rows,
             "summary": summarise(rows)}
-
-
-#: What must match for a pair measured by an earlier process to stand beside this one's (the machine line holds
-#: the CPU model, its ISA, the threads, torch's and pastiche's versions).
-RESUME_KEYS = ("size", "machine", "evaluator", "overrides", "weights", "peer_steps", "peer_pooling", "config")
 
 
 def resumed_rows(args, base, ev) -> list[dict]:
@@ -331,17 +337,15 @@ def resumed_rows(args, base, ev) -> list[dict]:
     if not args.json or not args.json.exists():
         return []
     old = json.loads(args.json.read_text())
-    now = {"size": args.size, "machine": machine_line(), "evaluator": ev.id, "overrides": parse_sets(args.set),
-           "weights": args.weights, "peer_steps": args.peer_steps, "peer_pooling": args.peer_pooling,
-           "config": json.loads(json.dumps(base.model_dump(mode="json")))}
-    differ = [k for k in RESUME_KEYS if old.get(k) != now[k]]
+    now = json.loads(json.dumps(_settings(args, base, ev)))  # as the JSON holds them (lists, string keys)
+    differ = [k for k, v in now.items() if old.get(k) != v]
     if differ:
         print(f"not resumed: {args.json} was measured with another {', '.join(differ)}")
         return []
     if old.get("peer_cached"):
         print(f"not resumed: {args.json} has peer outputs from the cache")
         return []
-    wanted = {(str(c), str(s)) for c, s in ([tuple(p.split(":", 1)) for p in args.pairs] if args.pairs else PAIRS)}
+    wanted = {(str(c), str(s)) for c, s in _pairs(args)}
     rows = [r for r in old["rows"] if (r["content"], r["style"]) in wanted]
     for r in rows:  # a pair keeps the command and date of the process that measured it
         r.setdefault("command", old["command"])
@@ -395,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         # the first pair's bundled copies: a smoke run (and its test) needs no ../shared/data beside the clone
         args.pairs = args.pairs or [f"{image('tubingen.jpg')}:{image('starry_night.jpg')}"]
         args.weights = args.weights if args.weights != list(WEIGHTS) else [2, 30]
-    pairs = [tuple(p.split(":", 1)) for p in args.pairs] if args.pairs else list(PAIRS)
+    pairs = _pairs(args)
     overrides = parse_sets(args.set)
     base = make_config(**{"size": args.size, "device": "cpu", **overrides})
     ev = RobustEvaluator(resolution=128 if args.quick else args.size)
